@@ -1,0 +1,141 @@
+"""The ``peft-tags`` command: train, validate, ls, predict.
+
+Mistakes a user can make end in one line per problem on stderr and exit code 2; anything
+else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _train(args) -> int:
+    from .recipe import load_recipe, resolve_recipe_path
+
+    recipe = load_recipe(resolve_recipe_path(args.recipe), args.overrides)
+    from .train import run
+
+    run(recipe)
+    return 0
+
+
+def _validate(args) -> int:
+    from .recipe import load_recipe, resolve_recipe_path
+
+    failed = 0
+    for name in args.recipes:
+        try:
+            load_recipe(resolve_recipe_path(name), args.overrides)
+            print(f"ok    {name}")
+        except UserError as e:
+            failed += 1
+            print(str(e), file=sys.stderr)
+    return 2 if failed else 0
+
+
+def _ls(args) -> int:
+    from .recipe import list_recipes
+
+    rows = list_recipes()
+    if not rows:
+        print("no recipes found under recipes/")
+        return 0
+    rows = [tuple(str(c) for c in row) for row in rows]
+    header = ("recipe", "method", "task", "backbone")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
+    for row in [header] + rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _predict(args) -> int:
+    from .predict import Tagger
+
+    if not args.titles and not args.input:
+        raise UserError("predict: give titles as arguments or --input FILE.jsonl")
+    titles = list(args.titles)
+    if args.input:
+        titles += _read_titles(Path(args.input))
+    tagger = Tagger.load(args.output_dir)
+    results = tagger.tag(titles, batch_size=args.batch_size)
+    if args.output:
+        tmp = Path(args.output).with_name(Path(args.output).name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for title, tags in zip(titles, results):
+                f.write(json.dumps({"text": title, "tags": [t.as_dict() for t in tags]}, ensure_ascii=False) + "\n")
+        tmp.replace(args.output)
+        print(f"wrote {len(titles)} titles to {args.output}", file=sys.stderr)
+        return 0
+    for title, tags in zip(titles, results):
+        print(title)
+        for t in tags:
+            print(f"  {t.label}\t{t.text}\t{t.start}\t{t.end}")
+    return 0
+
+
+def _read_titles(path: Path) -> list[str]:
+    if not path.is_file():
+        raise UserError(f"--input: no such file '{path}'")
+    titles = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+            text = obj.get("text") if isinstance(obj, dict) else None
+            if not isinstance(text, str):
+                raise UserError(f"{path}:{n}: expected an object with a string field 'text'")
+            titles.append(text)
+    return titles
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="peft-tags", description="Parameter-efficient fine-tuning for product tagging.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a recipe (accelerate launch run_recipe.py RECIPE does the same)")
+    t.add_argument("recipe", help="recipe file, or a name under recipes/ (lora.yaml, jd-ner/lora.yaml)")
+    t.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. training.lr=5e-4")
+    t.set_defaults(func=_train)
+    v = sub.add_parser("validate", help="check recipes without training; reports every problem")
+    v.add_argument("recipes", nargs="+")
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    v.set_defaults(func=_validate)
+    ls = sub.add_parser("ls", help="list the shipped recipes")
+    ls.set_defaults(func=_ls)
+    pr = sub.add_parser("predict", help="tag titles with a trained output directory")
+    pr.add_argument("output_dir")
+    pr.add_argument("titles", nargs="*")
+    pr.add_argument("--input", help="JSON lines with a 'text' field")
+    pr.add_argument("--output", help="write JSON lines here instead of printing")
+    pr.add_argument("--batch-size", type=int, default=32)
+    pr.set_defaults(func=_predict)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"error: {e}" if "\n" not in str(e) else str(e), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """``run_recipe.py RECIPE [key=value ...]``: the same as ``peft-tags train``."""
+    argv = sys.argv[1:] if argv is None else argv
+    return main(["train", *argv])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,474 @@
+"""Reading tagged product titles: character spans from CoNLL, JSON lines or attribute-value files.
+
+Every reader returns :class:`Example` objects whose spans are character offsets into
+``Example.text`` (end exclusive). Mistakes in a file raise :class:`~peft_tags.errors.UserError`
+with one line ``path:lineno: what is wrong``.
+
+Formats (``fmt``):
+
+``conll``
+    One character per line, ``<char><space><tag>``, a blank line between titles. The character
+    may itself be a space (``"  O"``); the first character of the line is the character, the
+    second must be a space, the rest is the tag. Tags ``O``, ``B-x``, ``I-x`` and the BIOES
+    forms ``S-x``, ``E-x`` (recognised per tag, so BIO and BIOES files both read).
+    An ``I-x``/``E-x`` that does not continue a span of type ``x`` is an error; with
+    ``strict=False`` it starts a new span instead and is counted in the stats
+    (``repaired_tags``).
+``jsonl``
+    ``{"text": str, "spans": [{"start": int, "end": int, "label": str}, ...]}`` per line.
+    Overlapping spans are an error.
+``attribute-value``
+    The OA-Mine / AE-110K form ``{"input": title, "category": ..., "target_scores":
+    {attribute: {value: 1}}}``. Each value is located in the title (exact match preferred
+    over case-insensitive, whole-token over inside-a-word, the first occurrence that does
+    not overlap a span already placed); values are placed longest first, so of two values that
+    can only overlap the longer one is kept. ``"n/a"`` values are negatives and skipped.
+    Values not found and values dropped for overlap are counted, not errors.
+
+Statistics: :func:`read_examples_with_stats` returns ``(examples, ReadStats)``;
+:func:`read_examples` returns only the examples and logs the stats' summary line on the
+``peft_tags.data`` logger at INFO.
+
+Normalisation (:func:`normalize_text`) is applied to the text after the spans are built and is
+length-preserving, so the offsets stay valid.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import UserError, nearest
+
+log = logging.getLogger("peft_tags.data")
+
+FORMATS = ("conll", "jsonl", "attribute-value")
+DATA_ENV = "PEFT_TAGS_DATA"
+DEFAULT_DATA_ROOT = "../shared/data"
+
+
+@dataclass(frozen=True, order=True)
+class Span:
+    """A labelled character span of a text: ``text[start:end]``."""
+
+    start: int
+    end: int
+    label: str
+
+
+@dataclass
+class Example:
+    """One title and its spans; ``source`` is ``"path:line"`` of the example's first line."""
+
+    text: str
+    spans: list[Span]
+    source: str
+
+
+@dataclass
+class ReadStats:
+    """What a read found. Format-specific counters stay 0 for the other formats."""
+
+    path: str
+    fmt: str
+    examples: int = 0
+    spans: int = 0
+    characters: int = 0
+    labels: int = 0  # distinct span label types
+    # conll
+    repaired_tags: int = 0  # I-x / E-x that did not continue a span (strict=False only)
+    # attribute-value
+    values: int = 0  # attribute values other than n/a
+    negatives: int = 0  # "n/a" values, skipped
+    found_exact: int = 0
+    found_case_insensitive: int = 0
+    not_found: int = 0  # value is not a substring of the title, in any case
+    overlap_dropped: int = 0  # found, but every occurrence overlaps a (longer) value's span
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        s = (
+            f"{self.path}: {self.examples} examples, {self.spans} spans, "
+            f"{self.labels} labels, {self.characters} characters"
+        )
+        if self.fmt == "conll" and self.repaired_tags:
+            s += f"; {self.repaired_tags} I-/E- tags that did not continue a span started new spans"
+        if self.fmt == "attribute-value":
+            pct = 100.0 * self.not_found / self.values if self.values else 0.0
+            s += (
+                f"; {self.values} values: {self.found_exact} found exactly, "
+                f"{self.found_case_insensitive} ignoring case, {self.not_found} not found ({pct:.1f}%), "
+                f"{self.overlap_dropped} dropped as overlapping; {self.negatives} n/a skipped"
+            )
+        return s
+
+
+# ---------------------------------------------------------------------------------------------
+# paths
+
+
+def resolve_data_path(rel: str | os.PathLike, root: str | os.PathLike | None = None, *, key: str = "data path") -> Path:
+    """Find a data file. Absolute paths are used as they are; a relative one is looked up under
+    ``root`` if given, else under ``$PEFT_TAGS_DATA``, else under ``../shared/data`` beside the
+    current directory. ``key`` (e.g. ``"data.train"``) names the setting in the error message.
+    """
+    p = Path(os.path.expanduser(str(rel)))
+    if p.is_absolute():
+        if not p.is_file():
+            raise UserError(f"{key}: no such file: {p}")
+        return p
+    if root is not None:
+        base, how = Path(os.path.expanduser(str(root))), "the data root given"
+    elif os.environ.get(DATA_ENV):
+        base, how = Path(os.path.expanduser(os.environ[DATA_ENV])), f"${DATA_ENV}"
+    else:
+        base, how = Path.cwd() / DEFAULT_DATA_ROOT, f"the default {DEFAULT_DATA_ROOT} (set ${DATA_ENV} to change it)"
+    full = (base / p).resolve()
+    if not full.is_file():
+        where = "which does not exist" if not base.is_dir() else "which exists"
+        raise UserError(
+            f"{key}: no such file: {rel} under data root {base.resolve()} ({how}, {where})"
+        )
+    return full
+
+
+# ---------------------------------------------------------------------------------------------
+# normalisation
+
+
+def normalize_text(text: str, fullwidth_to_halfwidth: bool = True, lowercase: bool = False) -> str:
+    """Length-preserving normalisation: character i of the result comes from character i of
+    ``text``. Full-width forms U+FF01..U+FF5E become ASCII, U+3000 a space; ``lowercase``
+    lowers only characters whose lower case is one character."""
+    if not fullwidth_to_halfwidth and not lowercase:
+        return text
+    out = []
+    for ch in text:
+        if fullwidth_to_halfwidth:
+            o = ord(ch)
+            if 0xFF01 <= o <= 0xFF5E:
+                ch = chr(o - 0xFEE0)
+            elif o == 0x3000:
+                ch = " "
+        if lowercase:
+            low = ch.lower()
+            if len(low) == 1:
+                ch = low
+        out.append(ch)
+    return "".join(out)
+
+
+def label_set(examples) -> list[str]:
+    """The sorted span label types of ``examples``."""
+    return sorted({s.label for ex in examples for s in ex.spans})
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def read_examples(
+    path,
+    fmt: str,
+    *,
+    fullwidth_to_halfwidth: bool = True,
+    lowercase: bool = False,
+    max_examples: int | None = None,
+    strict: bool = True,
+) -> list[Example]:
+    """Read ``path`` in format ``fmt`` (see the module doc); logs a summary at INFO."""
+    examples, _ = read_examples_with_stats(
+        path,
+        fmt,
+        fullwidth_to_halfwidth=fullwidth_to_halfwidth,
+        lowercase=lowercase,
+        max_examples=max_examples,
+        strict=strict,
+    )
+    return examples
+
+
+def read_examples_with_stats(
+    path,
+    fmt: str,
+    *,
+    fullwidth_to_halfwidth: bool = True,
+    lowercase: bool = False,
+    max_examples: int | None = None,
+    strict: bool = True,
+) -> tuple[list[Example], ReadStats]:
+    """Like :func:`read_examples`, and also return the :class:`ReadStats` of the read."""
+    if fmt not in FORMATS:
+        hint = nearest(fmt, FORMATS)
+        raise UserError(
+            f"unknown data format {fmt!r}; expected one of {', '.join(FORMATS)}"
+            + (f" (did you mean {hint!r}?)" if hint else "")
+        )
+    if max_examples is not None and max_examples < 1:
+        raise UserError(f"max_examples must be at least 1, got {max_examples}")
+    path = str(path)
+    stats = ReadStats(path=path, fmt=fmt)
+    lines = _read_lines(path)
+    if fmt == "conll":
+        examples = _read_conll(path, lines, stats, max_examples, strict)
+    elif fmt == "jsonl":
+        examples = _read_jsonl(path, lines, max_examples)
+    else:
+        examples = _read_attribute_value(path, lines, stats, max_examples)
+    if not examples:
+        raise UserError(f"{path}: no examples (the file is empty or has only blank lines)")
+    for ex in examples:
+        ex.text = normalize_text(ex.text, fullwidth_to_halfwidth, lowercase)
+        ex.spans.sort()
+    stats.examples = len(examples)
+    stats.spans = sum(len(ex.spans) for ex in examples)
+    stats.characters = sum(len(ex.text) for ex in examples)
+    stats.labels = len(label_set(examples))
+    log.info("%s", stats.summary())
+    return examples, stats
+
+
+def _read_lines(path: str) -> list[str]:
+    """The file's lines without their ``\\n`` / ``\\r\\n``. Only ``\\n`` ends a line: titles
+    may hold other characters that ``str.splitlines`` would split on."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, expected a file") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineno = raw.count(b"\n", 0, e.start) + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1)
+        raise UserError(
+            f"{path}:{lineno}: not UTF-8: byte 0x{raw[e.start]:02x} at byte {col} of the line "
+            f"(offset {e.start} in the file); save the file as UTF-8"
+        ) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
+_TAG_PREFIXES = ("B", "I", "E", "S")
+
+
+def _read_conll(path: str, lines: list[str], stats: ReadStats, max_examples, strict: bool) -> list[Example]:
+    examples: list[Example] = []
+    chars: list[str] = []
+    spans: list[Span] = []
+    first = 0
+    open_label: str | None = None  # type of the span still open (can be continued)
+    open_start = 0
+
+    def close(end: int) -> None:
+        nonlocal open_label
+        if open_label is not None:
+            spans.append(Span(open_start, end, open_label))
+            open_label = None
+
+    for lineno, line in enumerate(lines, 1):
+        if line == "":
+            if chars:
+                close(len(chars))
+                examples.append(Example("".join(chars), spans, f"{path}:{first}"))
+                chars, spans = [], []
+                if max_examples is not None and len(examples) >= max_examples:
+                    return examples
+            continue
+        if len(line) < 3 or line[1] != " ":
+            raise UserError(
+                f"{path}:{lineno}: expected '<char> <tag>' (one character, one space, the tag), "
+                f"got {line!r}"
+            )
+        if not chars:
+            first = lineno
+        tag = line[2:].rstrip(" \t")
+        i = len(chars)
+        chars.append(line[0])
+        if tag == "O":
+            close(i)
+            continue
+        prefix, dash, kind = tag.partition("-")
+        if not dash or prefix not in _TAG_PREFIXES or not kind:
+            raise UserError(
+                f"{path}:{lineno}: unknown tag {tag!r}; expected O or B-, I-, E-, S- followed by a type"
+            )
+        if prefix == "B":
+            close(i)
+            open_label, open_start = kind, i
+        elif prefix == "S":
+            close(i)
+            spans.append(Span(i, i + 1, kind))
+        else:  # I or E: must continue an open span of the same type
+            if open_label != kind:
+                if strict:
+                    was = f"a span of type {open_label}" if open_label is not None else "no open span"
+                    raise UserError(
+                        f"{path}:{lineno}: tag {tag} does not continue a span of type {kind} "
+                        f"(there is {was}); use B-{kind} to start one, or read with strict=False "
+                        f"to start a new span there"
+                    )
+                stats.repaired_tags += 1
+                close(i)
+                open_label, open_start = kind, i
+            if prefix == "E":
+                close(i + 1)
+    if chars:
+        close(len(chars))
+        examples.append(Example("".join(chars), spans, f"{path}:{first}"))
+    return examples
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _load_json_line(path: str, lineno: int, line: str) -> dict:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{lineno}: invalid JSON: {e.msg} at column {e.colno}") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _read_jsonl(path: str, lines: list[str], max_examples) -> list[Example]:
+    examples: list[Example] = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        obj = _load_json_line(path, lineno, line)
+        text = obj.get("text")
+        if "text" not in obj:
+            raise UserError(f"{where}: missing field 'text'")
+        if not isinstance(text, str):
+            raise UserError(f"{where}: 'text' must be a string, got {type(text).__name__}")
+        if "spans" not in obj:
+            raise UserError(f"{where}: missing field 'spans' (use [] for a title without spans)")
+        raw_spans = obj["spans"]
+        if not isinstance(raw_spans, list):
+            raise UserError(f"{where}: 'spans' must be a list, got {type(raw_spans).__name__}")
+        spans = []
+        for k, sp in enumerate(raw_spans):
+            f = f"spans[{k}]"
+            if not isinstance(sp, dict):
+                raise UserError(f"{where}: {f} must be an object, got {type(sp).__name__}")
+            for name in ("start", "end", "label"):
+                if name not in sp:
+                    raise UserError(f"{where}: {f}: missing field '{name}'")
+            start, end, label = sp["start"], sp["end"], sp["label"]
+            for name, v in (("start", start), ("end", end)):
+                if not _is_int(v):
+                    raise UserError(f"{where}: {f}.{name} must be an integer, got {v!r}")
+            if not isinstance(label, str) or not label:
+                raise UserError(f"{where}: {f}.label must be a non-empty string, got {label!r}")
+            if not 0 <= start < end <= len(text):
+                raise UserError(
+                    f"{where}: {f}: offsets start={start} end={end} must satisfy "
+                    f"0 <= start < end <= {len(text)} (the text length)"
+                )
+            spans.append(Span(start, end, label))
+        spans.sort()
+        for a, b in zip(spans, spans[1:]):
+            if b.start < a.end:
+                raise UserError(
+                    f"{where}: spans overlap: {a.label} [{a.start}, {a.end}) and "
+                    f"{b.label} [{b.start}, {b.end})"
+                )
+        examples.append(Example(text, spans, where))
+        if max_examples is not None and len(examples) >= max_examples:
+            break
+    return examples
+
+
+def _occurrences(text: str, value: str, ignore_case: bool) -> list[tuple[int, int]]:
+    """All (possibly overlapping) occurrences of ``value`` in ``text``, whole-token ones first."""
+    pattern = re.compile("(?=(" + re.escape(value) + "))", re.IGNORECASE if ignore_case else 0)
+    found = [(m.start(1), m.end(1)) for m in pattern.finditer(text)]
+
+    def whole_token(se):
+        s, e = se
+        return (s == 0 or not text[s - 1].isalnum()) and (e == len(text) or not text[e].isalnum())
+
+    return [se for se in found if whole_token(se)] + [se for se in found if not whole_token(se)]
+
+
+def _read_attribute_value(path: str, lines: list[str], stats: ReadStats, max_examples) -> list[Example]:
+    examples: list[Example] = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        obj = _load_json_line(path, lineno, line)
+        if "input" not in obj:
+            raise UserError(f"{where}: missing field 'input' (the title)")
+        text = obj["input"]
+        if not isinstance(text, str):
+            raise UserError(f"{where}: 'input' must be a string, got {type(text).__name__}")
+        if "target_scores" not in obj:
+            raise UserError(f"{where}: missing field 'target_scores'")
+        targets = obj["target_scores"]
+        if not isinstance(targets, dict):
+            raise UserError(f"{where}: 'target_scores' must be an object, got {type(targets).__name__}")
+        wanted: list[tuple[str, str]] = []  # (attribute, value)
+        for attr, values in targets.items():
+            if not isinstance(values, dict):
+                raise UserError(
+                    f"{where}: target_scores[{attr!r}] must be an object {{value: score}}, "
+                    f"got {type(values).__name__}"
+                )
+            if not attr:
+                raise UserError(f"{where}: target_scores has an empty attribute name")
+            for value in values:
+                if value.strip().lower() == "n/a":
+                    stats.negatives += 1
+                    continue
+                stats.values += 1
+                wanted.append((attr, value))
+        # longest value first, so that of two values that overlap the longer one keeps its span
+        wanted.sort(key=lambda av: -len(av[1]))
+        taken = [False] * len(text)
+        spans: list[Span] = []
+        for attr, value in wanted:
+            if not value.strip():
+                stats.not_found += 1
+                continue
+            placed = seen = False
+            for ignore_case in (False, True):
+                occ = _occurrences(text, value, ignore_case)
+                seen = seen or bool(occ)
+                for s, e in occ:
+                    if not any(taken[s:e]):
+                        spans.append(Span(s, e, attr))
+                        taken[s:e] = [True] * (e - s)
+                        placed = True
+                        if ignore_case:
+                            stats.found_case_insensitive += 1
+                        else:
+                            stats.found_exact += 1
+                        break
+                if placed:
+                    break
+            if not placed:
+                if seen:
+                    stats.overlap_dropped += 1
+                else:
+                    stats.not_found += 1
+        examples.append(Example(text, sorted(spans), where))
+        if max_examples is not None and len(examples) >= max_examples:
+            break
+    return examples

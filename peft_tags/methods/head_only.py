@@ -1,0 +1,18 @@
+"""Frozen backbone, only the task head trains: pretrained features + a linear classifier."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import register
+
+
+@dataclass
+class HeadOnlyOptions:
+    pass
+
+
+@register("head-only", HeadOnlyOptions, help="frozen backbone; only the task head trains")
+def apply(model, options: HeadOnlyOptions, head_name: str):
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(head_name + ".") or name == head_name)
+    return model

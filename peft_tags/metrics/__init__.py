@@ -1,0 +1,54 @@
+"""Metrics: exact-match span F1, as plain Python and as an offline ``evaluate`` module.
+
+:func:`span_f1` computes directly (fast, no ``evaluate`` import). :func:`load_span_f1` gives
+the same computation as an ``evaluate`` module loaded from :data:`SPAN_F1_DIR`, for code that
+wants the ``evaluate`` interface (``add_batch``, ``compute``); it never touches the network,
+but importing ``evaluate`` costs a few seconds the first time.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from .span_f1.span_f1 import compute_span_f1, decode_span, encode_span, format_report
+
+SPAN_F1_DIR = Path(__file__).resolve().parent / "span_f1"
+
+__all__ = [
+    "SPAN_F1_DIR",
+    "compute_span_f1",
+    "decode_span",
+    "encode_span",
+    "encode_spans",
+    "format_report",
+    "load_span_f1",
+    "span_f1",
+]
+
+
+def encode_spans(spans) -> list[str]:
+    """``[Span, ...]`` -> ``["label\\tstart\\tend", ...]``, the metric's input form."""
+    return [encode_span(s.label, s.start, s.end) for s in spans]
+
+
+@functools.lru_cache(maxsize=1)
+def load_span_f1():
+    """The span F1 ``evaluate`` module, loaded once per process from :data:`SPAN_F1_DIR`.
+
+    Kept in memory (no Arrow cache files). ``evaluate.load`` copies the script into the
+    Hugging Face modules cache (``$HF_MODULES_CACHE``), which must be writable.
+    """
+    import evaluate
+
+    return evaluate.load(str(SPAN_F1_DIR), keep_in_memory=True)
+
+
+def span_f1(pred_spans, gold_spans, *, digits: int = 4) -> dict:
+    """Span P/R/F1 of ``pred_spans`` against ``gold_spans`` (lists, one per example, of
+    :class:`~peft_tags.data.Span`). Same result as ``load_span_f1().compute(...)`` on the
+    encoded spans."""
+    if len(pred_spans) != len(gold_spans):
+        raise ValueError(f"{len(pred_spans)} examples of predictions but {len(gold_spans)} of gold spans")
+    return compute_span_f1(
+        [encode_spans(p) for p in pred_spans], [encode_spans(g) for g in gold_spans], digits=digits
+    )

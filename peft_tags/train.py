@@ -1,0 +1,492 @@
+"""Train a recipe with Accelerate: one process or many, CPU or GPU.
+
+``TrainRun(recipe)`` follows setup -> train -> save: the loop reads top to bottom. The run
+works in ``<output.dir>.work/`` (checkpoints, best weights, logs) and only at the very end
+moves a finished directory to ``output.dir`` in one rename, so a crash never leaves a
+directory that looks complete but is not.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .data import label_set, read_examples, resolve_data_path
+from .errors import UserError
+from .metrics import span_f1
+from .model import (HEAD_NAME, apply_method, build_token_classifier, is_head_param, load_tokenizer,
+                    parameter_counts, quiet_transformers)
+from .predict import head_module, predict_label_ids
+from .recipe import Recipe, dump_recipe, recipe_to_dict
+from .tasks.tagging import TaggingCodec, collate, loss_fn
+
+log = logging.getLogger("peft_tags.train")
+
+
+# ----------------------------------------------------------------------------- helpers
+def choose_precision(requested: str) -> tuple[str, str]:
+    """Return (accelerate mixed_precision, why)."""
+    if requested != "auto":
+        return requested, "as the recipe asks (training.mixed_precision)"
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"{torch.cuda.get_device_name()} computes bf16 natively"
+        return "fp16", f"{torch.cuda.get_device_name()} has no bf16; fp16 with loss scaling"
+    if {"avx512_bf16", "amx_bf16"} & _cpu_flags():
+        # measured here (2 cores, me5-small LoRA step): bf16 autocast 28 titles/s vs fp32 27;
+        # the matmuls gain, the rest (casts, small ops) loses it: not worth the precision
+        return "no", "CPU: bf16 autocast trains no faster than fp32 on CPUs (set bf16 to force it): fp32"
+    return "no", "CPU without native bf16 (bf16 matmuls run ~60x slower than fp32): fp32"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+class LengthBucketBatches(torch.utils.data.Sampler):
+    """Shuffled batches of titles of similar length: less padding, same randomness per epoch.
+
+    Titles are shuffled, cut into pools of 50 batches, each pool is sorted by length and cut
+    into batches, and the batches are shuffled. The order depends only on (seed, epoch).
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, bucketing: bool):
+        self.lengths, self.batch_size, self.seed, self.bucketing = lengths, batch_size, seed, bucketing
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        idx = rng.permutation(len(self.lengths))
+        if self.bucketing:
+            pool = self.batch_size * 50
+            idx = np.concatenate([sorted(idx[i : i + pool], key=lambda j: self.lengths[j]) for i in range(0, len(idx), pool)])
+        batches = [idx[i : i + self.batch_size].tolist() for i in range(0, len(idx), self.batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self):
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- the run
+class TrainRun:
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.out = Path(recipe.output.dir)
+        self.work = self.out.with_name(self.out.name + ".work")
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        r, t = self.recipe, self.recipe.training
+        self._check_output_dir()
+        precision, why = choose_precision(t.mixed_precision)
+        self.acc = Accelerator(
+            mixed_precision=precision, gradient_accumulation_steps=t.grad_accum,
+            log_with=None if t.log_with in (None, "none") else t.log_with, project_dir=str(self.work / "logs"),
+        )
+        _configure_logging(self.acc.is_main_process)
+        threads = t.num_threads or max(1, (os.cpu_count() or 1) // self.acc.num_processes)
+        if self.acc.device.type == "cpu":
+            torch.set_num_threads(threads)
+        log.info("peft-tags %s | %s | %d process(es) on %s, %d thread(s) each | precision %s: %s",
+                 __version__, r.source, self.acc.num_processes, self.acc.device, torch.get_num_threads(), precision, why)
+        set_seed(t.seed)
+        quiet_transformers()
+
+        self.data = self._load_data()
+        backbone = _resolve_backbone(r)
+        tokenizer = load_tokenizer(backbone)
+        self.codec = TaggingCodec(tokenizer, self.types, r.task.slots, r.backbone.max_length)
+        self.encoded = {k: self.codec.encode([e.text for e in v], v) for k, v in self.data.items()}
+        self.alignment = {k: self.codec.alignment_stats([e.text for e in v], v) for k, v in self.data.items() if k != "train"}
+        for split, st in self.alignment.items():
+            log.info("%s: %d spans, %d (%.2f%%) not representable with %d slot(s), %.3f tokens/char",
+                     split, st["spans"], st["spans_lost"], st["spans_lost_pct"], st["slots"], st["tokens_per_char"])
+
+        model = build_token_classifier(backbone, self.codec.num_outputs, t.seed)
+        model = apply_method(model, r.method.name, r.method.options)
+        self.params = parameter_counts(model)
+        log.info("trainable parameters: adapter %s + head %s = %s of %s (%.3f%%)",
+                 f"{self.params['adapter']:,}", f"{self.params['head']:,}", f"{self.params['trainable']:,}",
+                 f"{self.params['all']:,}", self.params["trainable_pct"])
+
+        lengths = [len(e.input_ids) for e in self.encoded["train"]]
+        self.sampler = LengthBucketBatches(lengths, t.batch_size, t.seed, t.length_bucketing)
+        pad = tokenizer.pad_token_id
+        loader = torch.utils.data.DataLoader(self.encoded["train"], batch_sampler=self.sampler,
+                                             collate_fn=lambda b: collate(b, pad))
+        optimizer = torch.optim.AdamW(self._param_groups(model), lr=t.lr)
+        self.model, self.optimizer, self.loader = self.acc.prepare(model, optimizer, loader)
+        # 3314 titles / 16 per batch = 208 batches; / grad_accum = optimizer steps per epoch
+        self.steps_per_epoch = math.ceil(len(self.loader) / t.grad_accum)
+        self.total_steps = self.steps_per_epoch * t.epochs
+        from transformers import get_scheduler
+
+        name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[t.schedule]
+        self.scheduler = get_scheduler(name, self.optimizer.optimizer, num_warmup_steps=int(t.warmup_ratio * self.total_steps),
+                                       num_training_steps=self.total_steps)
+        if self.acc.is_main_process and self.acc.log_with:
+            self.acc.init_trackers("train", config=_flat_scalars(recipe_to_dict(r)))
+        self.state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best": None, "history": [],
+                      "train_seconds": 0.0, "train_titles": 0}
+        if t.resume:
+            self._restore()
+
+    def _param_groups(self, model) -> list[dict]:
+        t = self.recipe.training
+        groups = {}
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            head = is_head_param(name)
+            decay = p.ndim >= 2 and "LayerNorm" not in name
+            lr = (t.head_lr or t.lr) if head else t.lr
+            groups.setdefault((head, decay), {"params": [], "lr": lr, "weight_decay": t.weight_decay if decay else 0.0})
+            groups[(head, decay)]["params"].append(p)
+        return list(groups.values())
+
+    def _load_data(self) -> dict:
+        d = self.recipe.data
+        out = {}
+        for split in ("train", "dev", "test"):
+            rel = getattr(d, split)
+            if rel is None:
+                continue
+            path = resolve_data_path(rel, d.root)
+            out[split] = read_examples(path, d.format, fullwidth_to_halfwidth=d.fullwidth_to_halfwidth, lowercase=d.lowercase,
+                                       max_examples=d.max_train_examples if split == "train" else None)
+        self.types = label_set(out["train"])
+        return out
+
+    def _check_output_dir(self) -> None:
+        o, t = self.recipe.output, self.recipe.training
+        if self.out.exists() and not o.overwrite:
+            raise UserError(f"output.dir: '{self.out}' already exists; set output.overwrite=true or choose another directory")
+        if t.resume and not (self.work / "checkpoint" / "state.json").is_file():
+            raise UserError(f"training.resume: no checkpoint under '{self.work}' to resume from")
+
+    # ------------------------------------------------------------------ train
+    def train(self) -> None:
+        from tqdm.auto import tqdm
+
+        t, acc, st = self.recipe.training, self.acc, self.state
+        n_labels = len(self.codec.labels)
+        log.info("training: %d epoch(s) x %d optimizer steps (%d titles x %d accumulation x %d process(es) per step)",
+                 t.epochs, self.steps_per_epoch, t.batch_size, t.grad_accum, acc.num_processes)
+        bar = tqdm(total=self.total_steps, initial=st["step"], disable=not acc.is_local_main_process, desc="train", unit="step")
+        fault_at = int(os.environ.get("PEFT_TAGS_FAULT_AT_STEP", "0"))  # tests: simulate a crash
+        for epoch in range(st["epoch"], t.epochs):
+            self.sampler.set_epoch(epoch)
+            loader = acc.skip_first_batches(self.loader, st["batch_in_epoch"]) if st["batch_in_epoch"] else self.loader
+            self.model.train()
+            tick = time.perf_counter()
+            for batch in loader:
+                with acc.accumulate(self.model):
+                    logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                    loss = loss_fn(logits, batch["labels"], n_labels)
+                    acc.backward(loss)
+                    if acc.sync_gradients and t.max_grad_norm:
+                        acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                st["batch_in_epoch"] += 1
+                st["train_titles"] += len(batch["input_ids"]) * acc.num_processes
+                if acc.sync_gradients:
+                    self.scheduler.step()
+                    st["step"] += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch + 1)
+                    acc.log({"train/loss": loss.item(), "train/lr": self.scheduler.get_last_lr()[0]}, step=st["step"])
+                    if t.checkpoint_every_steps and st["step"] % t.checkpoint_every_steps == 0:
+                        st["train_seconds"] += time.perf_counter() - tick
+                        self._checkpoint()
+                        tick = time.perf_counter()
+                    if fault_at and st["step"] == fault_at:
+                        raise SystemExit(f"PEFT_TAGS_FAULT_AT_STEP={fault_at}: stopping as asked")
+            st["train_seconds"] += time.perf_counter() - tick
+            st["epoch"], st["batch_in_epoch"] = epoch + 1, 0
+            if "dev" in self.data and ((epoch + 1) % t.eval_every_epochs == 0 or epoch + 1 == t.epochs):
+                self._evaluate_dev(epoch + 1)
+            if not t.checkpoint_every_steps or epoch + 1 == t.epochs:
+                self._checkpoint()
+        bar.close()
+
+    def _evaluate_dev(self, epoch: int) -> None:
+        scores = self.evaluate("dev")
+        st = self.state
+        st["history"].append({"epoch": epoch, "step": st["step"], **{k: scores[k] for k in ("micro_f1", "macro_f1")}})
+        self.acc.log({"dev/micro_f1": scores["micro_f1"], "dev/macro_f1": scores["macro_f1"]}, step=st["step"])
+        improved = st["best"] is None or scores["micro_f1"] > st["best"]["micro_f1"]
+        log.info("epoch %d: dev micro-F1 %.4f macro-F1 %.4f%s", epoch, scores["micro_f1"], scores["macro_f1"],
+                 "  (best so far)" if improved else "")
+        if improved:
+            st["best"] = {"epoch": epoch, "step": st["step"], "micro_f1": scores["micro_f1"]}
+            if self.acc.is_main_process:
+                _atomic_torch_save(_trainable_state(self.acc.unwrap_model(self.model)), self.work / "best.pt")
+
+    def evaluate(self, split: str) -> dict:
+        """Span F1 on a split; each process predicts a shard, the main process scores all."""
+        from accelerate.utils import gather_object
+
+        examples, encoded = self.data[split], self.encoded[split]
+        rank, world = self.acc.process_index, self.acc.num_processes
+        mine = list(range(rank, len(examples), world))
+        model = self.acc.unwrap_model(self.model)
+        ids = predict_label_ids(model, self.codec, [encoded[i] for i in mine], 64, self.acc.device)
+        preds = [(i, self.codec.decode(examples[i].text, encoded[i], x)) for i, x in zip(mine, ids)]
+        preds = sorted(gather_object(preds) if world > 1 else preds, key=lambda p: p[0])
+        self.model.train()
+        return span_f1([p for _, p in preds], [e.spans for e in examples])
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint(self) -> None:
+        """Trainable weights, optimizer, schedule, RNG and loop state, written atomically."""
+        self.acc.wait_for_everyone()
+        ckpt = self.work / "checkpoint"
+        if self.acc.is_main_process:
+            tmp = self.work / "checkpoint.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            torch.save(_trainable_state(self.acc.unwrap_model(self.model)), tmp / "trainable.pt")
+            torch.save({"optimizer": self.optimizer.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                       tmp / "optim.pt")
+            (tmp / "state.json").write_text(json.dumps(self.state, indent=1))
+            old = self.work / "checkpoint.old"
+            shutil.rmtree(old, ignore_errors=True)
+            if ckpt.exists():
+                os.replace(ckpt, old)
+            os.replace(tmp, ckpt)
+            shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
+        # every process keeps its own RNG streams (dropout differs per rank)
+        _atomic_torch_save(_rng_state(), ckpt / f"rng{self.acc.process_index}.pt")
+        self.acc.wait_for_everyone()
+
+    def _restore(self) -> None:
+        ckpt = self.work / "checkpoint"
+        state = torch.load(ckpt / "trainable.pt", weights_only=True)
+        model = self.acc.unwrap_model(self.model)
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
+        if missing:
+            raise UserError(f"training.resume: checkpoint in '{ckpt}' does not match this recipe (no '{missing[0]}')")
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in state:
+                    p.copy_(state[n])
+        optim = torch.load(ckpt / "optim.pt", weights_only=False)
+        self.optimizer.optimizer.load_state_dict(optim["optimizer"])
+        self.scheduler.load_state_dict(optim["scheduler"])
+        self.state = json.loads((ckpt / "state.json").read_text())
+        rng = ckpt / f"rng{self.acc.process_index}.pt"
+        if rng.is_file():
+            _set_rng_state(torch.load(rng, weights_only=False))
+        log.info("resumed from %s: epoch %d, batch %d, step %d", ckpt, self.state["epoch"], self.state["batch_in_epoch"], self.state["step"])
+
+    # ------------------------------------------------------------------ save
+    def save(self) -> Path:
+        """Restore the best-on-dev weights, score test, and publish the output directory."""
+        acc, st = self.acc, self.state
+        model = acc.unwrap_model(self.model)
+        best = self.work / "best.pt"
+        acc.wait_for_everyone()
+        if best.is_file():
+            state = torch.load(best, weights_only=True)
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if n in state:
+                        p.copy_(state[n])
+        tick = time.perf_counter()
+        results = {split: self.evaluate(split) for split in ("dev", "test") if split in self.data}
+        eval_seconds = time.perf_counter() - tick
+        eval_titles = sum(len(self.data[s]) for s in results)
+        if acc.is_main_process:
+            metrics = self._metrics(results, eval_titles / max(eval_seconds, 1e-9))
+            self._publish(model, metrics, {split: r.get("report", "") for split, r in results.items()})
+        acc.wait_for_everyone()
+        acc.end_training()
+        return self.out
+
+    def _metrics(self, results: dict, eval_titles_per_s: float) -> dict:
+        st = self.state
+        summary = {split: {k: v for k, v in r.items() if k != "report"} for split, r in results.items()}
+        return {
+            "recipe": self.recipe.source,
+            "task": self.recipe.task.type,
+            "method": self.recipe.method.name,
+            "backbone": self.recipe.backbone.name,
+            **{f"{split}_micro_f1": r["micro_f1"] for split, r in results.items()},
+            **{f"{split}_macro_f1": r["macro_f1"] for split, r in results.items()},
+            "scores": summary,
+            "best": st["best"],
+            "history": st["history"],
+            "parameters": self.params,
+            "alignment": self.alignment,
+            "train_seconds": round(st["train_seconds"], 2),
+            "train_titles_per_s": round(st["train_titles"] / max(st["train_seconds"], 1e-9), 2),
+            "eval_titles_per_s": round(eval_titles_per_s, 2),
+            "peak_memory_mb": round(peak_memory_mb(), 1),
+            "processes": self.acc.num_processes,
+            "device": str(self.acc.device),
+            "threads": torch.get_num_threads(),
+            "mixed_precision": self.acc.mixed_precision,
+            "versions": _versions(),
+        }
+
+    def _publish(self, model, metrics: dict, reports: dict[str, str]) -> None:
+        from safetensors.torch import save_file
+
+        tmp = self.out.with_name(f".{self.out.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            if hasattr(model, "peft_config"):
+                model.peft_config["default"].base_model_name_or_path = self.recipe.backbone.name
+                model.save_pretrained(str(tmp), save_embedding_layers=False)  # adapter_config.json + adapter_model.safetensors (with head)
+            elif self.recipe.method.name == "full":
+                model.save_pretrained(str(tmp / "model"))
+            head = {k: v.detach().cpu().contiguous() for k, v in head_module(model, HEAD_NAME).state_dict().items()}
+            save_file(head, str(tmp / "head.safetensors"))
+            labels = {"task": "tagging", "types": self.codec.types, "labels": self.codec.labels,
+                      "slots": self.codec.slots, "max_length": self.codec.max_length, "num_outputs": self.codec.num_outputs}
+            (tmp / "labels.json").write_text(json.dumps(labels, ensure_ascii=False, indent=1), encoding="utf-8")
+            dump_recipe(self.recipe, tmp / "recipe.yaml")
+            (tmp / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
+            for split, report in reports.items():
+                (tmp / f"{split}_report.txt").write_text(report, encoding="utf-8")
+            (tmp / "README.md").write_text(model_card(self.recipe, metrics), encoding="utf-8")
+            if (self.work / "logs").is_dir():
+                shutil.copytree(self.work / "logs", tmp / "logs")
+            if self.out.exists():  # output.overwrite=true (checked at setup)
+                shutil.rmtree(self.out)
+            os.replace(tmp, self.out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(self.work, ignore_errors=True)
+        log.info("wrote %s: test micro-F1 %s, %s titles/s in training", self.out,
+                 metrics.get("test_micro_f1"), metrics["train_titles_per_s"])
+
+
+def run(recipe: Recipe) -> Path:
+    r = TrainRun(recipe)
+    r.setup()
+    r.train()
+    return r.save()
+
+
+# ----------------------------------------------------------------------------- small helpers
+def _resolve_backbone(recipe: Recipe) -> str:
+    from .backbones import resolve_backbone
+
+    return resolve_backbone(recipe.backbone.name, recipe.backbone.cache_dir)
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _flat_scalars(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat_scalars(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[key] = v
+        elif isinstance(v, list):
+            out[key] = ",".join(map(str, v))
+    return out
+
+
+def _versions() -> dict:
+    import accelerate, peft, transformers
+
+    return {"peft_tags": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "accelerate": accelerate.__version__}
+
+
+def _configure_logging(main: bool) -> None:
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO if main else logging.WARNING,
+                        force=True)
+
+
+def model_card(recipe: Recipe, m: dict) -> str:
+    p = m["parameters"]
+    test = m["scores"].get("test", {})
+    lines = [
+        f"# peft-tags {m['task']} model: {m['method']} on {m['backbone']}",
+        "",
+        f"Trained by peft-tags {__version__} from `{m['recipe']}` (resolved recipe: `recipe.yaml`).",
+        "",
+        "| | |", "|---|---|",
+        f"| task | character-span tagging (BIO), {recipe.task.slots} label slots per token |",
+        f"| data | train `{recipe.data.train}`, dev `{recipe.data.dev}`, test `{recipe.data.test}` |",
+        f"| trainable parameters | adapter {p['adapter']:,} + head {p['head']:,} = {p['trainable']:,} ({p['trainable_pct']}% of {p['all']:,}) |",
+        f"| test micro P / R / F1 | {test.get('micro_precision', float('nan')):.4f} / {test.get('micro_recall', float('nan')):.4f} / {test.get('micro_f1', float('nan')):.4f} |",
+        f"| test macro F1 | {test.get('macro_f1', float('nan')):.4f} |",
+        f"| best dev epoch | {m['best']['epoch'] if m['best'] else '-'} |",
+        f"| training | {m['train_seconds']} s, {m['train_titles_per_s']} titles/s, {m['processes']} process(es) on {m['device']}, precision {m['mixed_precision']} |",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from peft_tags import Tagger",
+        f"Tagger.load('{recipe.output.dir}').tag(['<a product title>'])",
+        "```",
+        "",
+        "or `peft-tags predict <this directory> \"<title>\"`. The adapter files are standard PEFT:",
+        "`PeftModel.from_pretrained(AutoModelForTokenClassification.from_pretrained(<backbone>, "
+        "num_labels=<labels.json: num_outputs>), <this directory>)` restores adapter and head.",
+        "",
+    ]
+    return "\n".join(lines)
