@@ -219,8 +219,11 @@ def resolve_backbone(name: str, cache_dir: str | Path | None = None) -> str:
         if alias.convert is None:
             return str(source)
         return str(_cached_conversion(name, alias, source, Path(cache_dir) if cache_dir else default_cache_dir()))
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or path.suffix:
+        raise UserError(f"backbone.name: no such directory '{name}' (aliases: {', '.join(ALIASES)})")
     return name
 
 

@@ -33,7 +33,8 @@ def load_tokenizer(backbone_dir: str):
     try:
         tok = AutoTokenizer.from_pretrained(backbone_dir)
     except OSError as e:
-        raise UserError(f"backbone.name: cannot load a tokenizer from '{backbone_dir}': {_first_line(e)}") from None
+        raise UserError(f"backbone.name: cannot load a tokenizer from '{backbone_dir}' (not an alias, a local "
+                        f"directory, or a hub model reachable from here): {_first_line(e)}") from None
     if not getattr(tok, "is_fast", False):
         raise UserError(f"backbone.name: '{backbone_dir}' has no fast tokenizer; character offsets need one")
     return tok

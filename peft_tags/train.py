@@ -125,24 +125,26 @@ class TrainRun:
         from accelerate.utils import set_seed
 
         r, t = self.recipe, self.recipe.training
+        _configure_logging(int(os.environ.get("RANK", "0")) == 0)
+        quiet_transformers()
+        # everything a user can get wrong is checked before anything is written
         self._check_output_dir()
+        backbone = _resolve_backbone(r)
+        tokenizer = load_tokenizer(backbone)
+        self.data = self._load_data()
+
         precision, why = choose_precision(t.mixed_precision)
         self.acc = Accelerator(
             mixed_precision=precision, gradient_accumulation_steps=t.grad_accum,
             log_with=None if t.log_with in (None, "none") else t.log_with, project_dir=str(self.work / "logs"),
         )
-        _configure_logging(self.acc.is_main_process)
         threads = t.num_threads or max(1, (os.cpu_count() or 1) // self.acc.num_processes)
         if self.acc.device.type == "cpu":
             torch.set_num_threads(threads)
         log.info("peft-tags %s | %s | %d process(es) on %s, %d thread(s) each | precision %s: %s",
                  __version__, r.source, self.acc.num_processes, self.acc.device, torch.get_num_threads(), precision, why)
         set_seed(t.seed)
-        quiet_transformers()
 
-        self.data = self._load_data()
-        backbone = _resolve_backbone(r)
-        tokenizer = load_tokenizer(backbone)
         self.codec = TaggingCodec(tokenizer, self.types, r.task.slots, r.backbone.max_length)
         self.encoded = {k: self.codec.encode([e.text for e in v], v) for k, v in self.data.items()}
         self.alignment = {k: self.codec.alignment_stats([e.text for e in v], v) for k, v in self.data.items() if k != "train"}
@@ -199,7 +201,7 @@ class TrainRun:
             rel = getattr(d, split)
             if rel is None:
                 continue
-            path = resolve_data_path(rel, d.root)
+            path = resolve_data_path(rel, d.root, key=f"data.{split}")
             out[split] = read_examples(path, d.format, fullwidth_to_halfwidth=d.fullwidth_to_halfwidth, lowercase=d.lowercase,
                                        max_examples=d.max_train_examples if split == "train" else None)
         self.types = label_set(out["train"])

@@ -1,0 +1,94 @@
+"""Shared fixtures: a tiny random backbone and a learnable toy tagging set, built offline."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# toy product vocabulary: type -> values; titles are random concatenations
+TOY_TYPES = {
+    "1": ["华为", "小米", "得力", "晨光"],  # brand
+    "16": ["黑色", "白色", "红色"],  # colour
+    "4": ["手机壳", "保护套", "支架", "笔记本"],  # product word
+    "12": ["硅胶", "金属"],  # material
+}
+FILLERS = ["新款", "包邮", " ", "2024"]
+
+
+def toy_titles(n: int, seed: int) -> list[list[tuple[str, str | None]]]:
+    rng = random.Random(seed)
+    titles = []
+    for _ in range(n):
+        parts = [(rng.choice(TOY_TYPES["1"]), "1")]
+        for t in rng.sample(["16", "12", "4"], k=rng.randint(1, 3)):
+            if rng.random() < 0.3:
+                parts.append((rng.choice(FILLERS), None))
+            parts.append((rng.choice(TOY_TYPES[t]), t))
+        titles.append(parts)
+    return titles
+
+
+def write_conll(path: Path, titles) -> None:
+    lines = []
+    for parts in titles:
+        for text, t in parts:
+            for i, ch in enumerate(text):
+                lines.append(f"{ch} {'O' if t is None else ('B-' if i == 0 else 'I-') + t}")
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    (root / "toy").mkdir()
+    for split, n, seed in (("train", 160, 1), ("dev", 40, 2), ("test", 40, 3)):
+        write_conll(root / "toy" / f"{split}.txt", toy_titles(n, seed))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 BERT with a SentencePiece-style unigram tokenizer that has
+    multi-character pieces (so tokens straddle span boundaries, as with me5-small)."""
+    from transformers import BertConfig, BertForTokenClassification
+
+    from peft_tags.backbones import _e5_tokenizer
+
+    chars = sorted({ch for vals in TOY_TYPES.values() for v in vals for ch in v} | {ch for f in FILLERS for ch in f}
+                   | set("abcdefghijklmnopqrstuvwxyz0123456789"))
+    pieces = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(c, -5.0) for c in chars if c != " "]
+    # multi-character pieces, some crossing toy span boundaries ("色手", "为黑")
+    pieces += [(p, -3.0) for p in ["手机", "机壳", "色手", "为黑", "新款", "包邮", "▁新", "20", "24"]]
+    pieces.append(("<mask>", 0.0))
+    tok = _e5_tokenizer(pieces, {"bos": 0, "eos": 2, "pad": 1, "unk": 3})
+    cfg = BertConfig(vocab_size=len(pieces), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128, pad_token_id=1)
+    import torch
+
+    torch.manual_seed(0)
+    model = BertForTokenClassification(cfg)
+    out = tmp_path_factory.mktemp("tiny-bert")
+    model.bert.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def write_recipe(path: Path, backbone: Path, data_root: Path, out: Path, method: str = "lora", **training) -> Path:
+    train = {"epochs": 3, "batch_size": 8, "lr": 5e-3, "head_lr": 1e-2, "log_with": "none", "seed": 7, **training}
+    method_block = "  name: lora\n  r: 4\n  alpha: 8\n  target_modules: [query, value]\n" if method == "lora" else f"  name: {method}\n"
+    path.write_text(
+        "backbone:\n"
+        f"  name: {backbone}\n  max_length: 64\n"
+        "task:\n  type: tagging\n  slots: 4\n"
+        f"data:\n  root: {data_root}\n  format: conll\n  train: toy/train.txt\n  dev: toy/dev.txt\n  test: toy/test.txt\n"
+        f"method:\n{method_block}"
+        "training:\n" + "".join(f"  {k}: {v}\n" for k, v in train.items())
+        + f"output:\n  dir: {out}\n",
+        encoding="utf-8",
+    )
+    return path

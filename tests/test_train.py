@@ -1,0 +1,160 @@
+"""End-to-end runs on the tiny backbone: output layout, round trip, resume, methods."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, write_recipe
+from peft_tags.cli import main as cli_main
+
+EXPECTED_FILES = {"README.md", "adapter_config.json", "adapter_model.safetensors", "head.safetensors", "labels.json",
+                  "recipe.yaml", "metrics.json", "dev_report.txt", "test_report.txt"}
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    env.pop("PEFT_TAGS_FAULT_AT_STEP", None)
+    return env
+
+
+def _train_subprocess(recipe: Path, *overrides: str, env=None, launcher=None) -> subprocess.CompletedProcess:
+    cmd = (launcher or [sys.executable]) + [str(REPO / "run_recipe.py"), str(recipe), *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env or _env(), cwd=recipe.parent, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_backbone, toy_data):
+    tmp = tmp_path_factory.mktemp("lora")
+    recipe = write_recipe(tmp / "lora.yaml", tiny_backbone, toy_data, tmp / "out", epochs=4)
+    assert cli_main(["train", str(recipe)]) == 0
+    return tmp / "out"
+
+
+def test_output_directory_holds_exactly_the_expected_files(lora_run):
+    assert {p.name for p in lora_run.iterdir()} == EXPECTED_FILES
+    assert not lora_run.with_name("out.work").exists(), "working directory left behind"
+
+
+def test_metrics_report_scores_parameters_and_speed(lora_run):
+    m = json.loads((lora_run / "metrics.json").read_text())
+    p = m["parameters"]
+    # LoRA r=4 on query and value of 2 layers, hidden 32: r * (d_in + d_out) per matrix
+    assert p["adapter"] == 2 * 2 * 4 * (32 + 32)
+    assert p["head"] == 32 * m_outputs(lora_run) + m_outputs(lora_run)
+    assert p["trainable"] == p["adapter"] + p["head"]
+    assert 0 < p["trainable_pct"] < 100
+    assert m["train_titles_per_s"] > 0 and m["peak_memory_mb"] > 0
+    assert [h["epoch"] for h in m["history"]] == [1, 2, 3, 4]
+    assert m["best"]["micro_f1"] == max(h["micro_f1"] for h in m["history"])
+    assert m["dev_micro_f1"] == pytest.approx(m["best"]["micro_f1"])
+    # the toy set is learnable: brands, colours, products and materials from small lists
+    assert m["test_micro_f1"] > 0.5, m["test_micro_f1"]
+
+
+def m_outputs(run: Path) -> int:
+    return json.loads((run / "labels.json").read_text())["num_outputs"]
+
+
+def test_round_trip_in_a_fresh_process_gives_identical_predictions(lora_run, toy_data):
+    from peft_tags.predict import Tagger
+
+    titles = ["华为黑色手机壳", "小米 硅胶支架新款", "晨光笔记本白色"]
+    here = [[t.as_dict() for t in tags] for tags in Tagger.load(lora_run).tag(titles)]
+    code = ("import json,sys; from peft_tags.predict import Tagger; "
+            f"print(json.dumps([[t.as_dict() for t in ts] for ts in Tagger.load(sys.argv[1]).tag({titles!r})]))")
+    out = subprocess.run([sys.executable, "-c", code, str(lora_run)], capture_output=True, text=True, env=_env(), check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == here
+    assert any(here), "the trained toy model tags nothing"
+
+
+def test_plain_peft_load_restores_adapter_and_head(lora_run, tiny_backbone):
+    from peft import PeftModel
+    from transformers import AutoModelForTokenClassification
+
+    from peft_tags.predict import Tagger
+
+    n = m_outputs(lora_run)
+    base = AutoModelForTokenClassification.from_pretrained(str(tiny_backbone), num_labels=n)
+    plain = PeftModel.from_pretrained(base, str(lora_run)).eval()
+    ours = Tagger.load(lora_run).model
+    ids = torch.tensor([[0, 5, 6, 7, 8, 2]])
+    with torch.no_grad():
+        assert torch.equal(plain(input_ids=ids).logits, ours(input_ids=ids).logits)
+
+
+def test_predict_cli_prints_and_writes_jsonl(lora_run, tmp_path, capsys):
+    assert cli_main(["predict", str(lora_run), "华为黑色手机壳"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("华为黑色手机壳\n")
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "小米白色保护套"}\n\n{"text": "得力金属支架"}\n', encoding="utf-8")
+    dst = tmp_path / "out.jsonl"
+    assert cli_main(["predict", str(lora_run), "--input", str(src), "--output", str(dst)]) == 0
+    rows = [json.loads(line) for line in dst.read_text(encoding="utf-8").splitlines()]
+    assert [r["text"] for r in rows] == ["小米白色保护套", "得力金属支架"]
+    for r in rows:
+        for tag in r["tags"]:
+            assert r["text"][tag["start"]:tag["end"]] == tag["text"]
+
+
+@pytest.mark.parametrize("method", ["full", "head-only"])
+def test_other_methods_train_and_reload(method, tmp_path, tiny_backbone, toy_data):
+    from peft_tags.predict import Tagger
+
+    recipe = write_recipe(tmp_path / f"{method}.yaml", tiny_backbone, toy_data, tmp_path / "out", method=method, epochs=2)
+    assert cli_main(["train", str(recipe)]) == 0
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    if method == "head-only":
+        assert m["parameters"]["adapter"] == 0
+        assert not (tmp_path / "out" / "adapter_config.json").exists()
+    else:
+        assert m["parameters"]["trainable"] == m["parameters"]["all"]
+        assert (tmp_path / "out" / "model" / "config.json").is_file()
+    tagger = Tagger.load(tmp_path / "out")
+    assert len(tagger.tag(["华为黑色手机壳"])) == 1
+
+
+def test_resume_after_a_crash_ends_like_an_uninterrupted_run(tmp_path, tiny_backbone, toy_data):
+    """Crash at step 7 (checkpoints every 3 steps), resume, compare with a straight run."""
+    straight = write_recipe(tmp_path / "a.yaml", tiny_backbone, toy_data, tmp_path / "a", epochs=2, checkpoint_every_steps=3)
+    broken = write_recipe(tmp_path / "b.yaml", tiny_backbone, toy_data, tmp_path / "b", epochs=2, checkpoint_every_steps=3)
+    assert _train_subprocess(straight).returncode == 0
+    crashed = _train_subprocess(broken, env=dict(_env(), PEFT_TAGS_FAULT_AT_STEP="7"))
+    assert crashed.returncode != 0
+    assert not (tmp_path / "b").exists(), "a crashed run must not leave an output directory"
+    assert (tmp_path / "b.work" / "checkpoint" / "state.json").is_file()
+    resumed = _train_subprocess(broken, "training.resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stderr
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert a["history"] == b["history"]
+    assert a["scores"] == b["scores"]
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(tmp_path / "a" / "adapter_model.safetensors"), load_file(tmp_path / "b" / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, tiny_backbone, toy_data, capsys):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_data, tmp_path / "out")
+    assert cli_main(["train", str(recipe), "training.resume=true"]) == 2
+    assert "training.resume: no checkpoint" in capsys.readouterr().err
+
+
+def test_two_processes_with_ddp_over_gloo(tmp_path, tiny_backbone, toy_data):
+    recipe = write_recipe(tmp_path / "ddp.yaml", tiny_backbone, toy_data, tmp_path / "out", epochs=2)
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    done = _train_subprocess(recipe, launcher=launcher)
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["processes"] == 2
+    # 160 titles / (8 per batch x 2 processes) = 10 optimizer steps per epoch
+    assert m["history"][-1]["step"] == 20
