@@ -1,3 +1,20 @@
-"""peft-tags: parameter-efficient fine-tuning for e-commerce product tagging."""
+"""peft-tags: parameter-efficient fine-tuning for e-commerce product tagging.
+
+``Tagger.load(output_dir).tag(titles)`` tags titles with a trained output directory;
+``load_recipe(path)`` reads a recipe. Both are imported on first use (torch is heavy).
+"""
 
 __version__ = "0.1.0"
+__all__ = ["Tagger", "load_recipe", "__version__"]
+
+
+def __getattr__(name):
+    if name == "Tagger":
+        from .predict import Tagger
+
+        return Tagger
+    if name == "load_recipe":
+        from .recipe import load_recipe
+
+        return load_recipe
+    raise AttributeError(f"module 'peft_tags' has no attribute {name!r}")

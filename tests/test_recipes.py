@@ -1,0 +1,37 @@
+"""Every shipped recipe validates, names its command, and ``peft-tags ls`` lists it."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import REPO
+from peft_tags.cli import main as cli_main
+from peft_tags.recipe import load_recipe
+
+SHIPPED = sorted((REPO / "recipes").rglob("*.yaml"))
+
+
+def test_there_are_shipped_recipes():
+    assert len(SHIPPED) >= 3
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(REPO / "recipes")) for p in SHIPPED])
+def test_shipped_recipe_validates(path):
+    recipe = load_recipe(path)
+    assert recipe.output.dir
+    first = path.read_text(encoding="utf-8").splitlines()[:4]
+    assert any("run_recipe.py" in line or "peft-tags train" in line for line in first), "recipe should open with its command"
+
+
+def test_validate_and_ls_commands(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert cli_main(["validate", *map(str, SHIPPED)]) == 0
+    assert cli_main(["ls"]) == 0
+    out = capsys.readouterr().out
+    assert "jd-ner/lora.yaml" in out and "head-only" in out
+
+
+def test_bare_recipe_name_is_found_under_recipes(monkeypatch, tmp_path):
+    from peft_tags.recipe import resolve_recipe_path
+
+    monkeypatch.chdir(tmp_path)  # not a file here: looked up beside the package
+    assert resolve_recipe_path("jd-ner/lora.yaml") == (REPO / "recipes" / "jd-ner" / "lora.yaml").resolve()

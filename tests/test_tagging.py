@@ -1,0 +1,80 @@
+"""Character <-> token alignment of the tagging task, with a tokenizer that merges characters."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from peft_tags.data import Example, Span
+from peft_tags.tasks.tagging import IGNORE, TaggingCodec, char_labels_to_spans
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_backbone):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_backbone))
+
+
+def _roundtrip(codec, ex):
+    enc = codec.encode([ex.text], [ex])[0]
+    labels = np.where(enc.labels == IGNORE, 0, enc.labels)
+    return codec.decode(ex.text, enc, labels)
+
+
+def test_boundaries_inside_a_token_survive_with_slots(tokenizer):
+    # "黑色手机壳": the tokenizer has the piece "色手", which straddles colour | product
+    ex = Example("华为黑色手机壳", [Span(0, 2, "1"), Span(2, 4, "16"), Span(4, 7, "4")], "t:1")
+    pieces = tokenizer.convert_ids_to_tokens(tokenizer(ex.text)["input_ids"])
+    assert any(len(p.strip("▁")) > 1 and p not in ("<s>", "</s>") for p in pieces)
+    codec = TaggingCodec(tokenizer, ["1", "16", "4"], slots=4, max_length=64)
+    assert _roundtrip(codec, ex) == ex.spans
+    one = TaggingCodec(tokenizer, ["1", "16", "4"], slots=1, max_length=64)
+    stats = one.alignment_stats([ex.text], [ex])
+    assert stats["spans_lost"] > 0, "with one label per token some boundary must be lost"
+    assert codec.alignment_stats([ex.text], [ex])["spans_lost"] == 0
+
+
+def test_spaces_inside_and_between_spans(tokenizer):
+    ex = Example("新款 华为 黑色", [Span(3, 5, "1"), Span(6, 8, "16")], "t:1")
+    codec = TaggingCodec(tokenizer, ["1", "16"], slots=4, max_length=64)
+    assert _roundtrip(codec, ex) == ex.spans
+    ex2 = Example("华为 黑色", [Span(0, 5, "1")], "t:1")  # a span with a space inside
+    assert _roundtrip(codec, ex2) == ex2.spans
+
+
+def test_characters_past_the_last_slot_continue_the_span(tokenizer):
+    # with 1 slot, "20" and "24" are each one token of two characters: the second
+    # character continues the first one's span
+    ex = Example("2024", [Span(0, 4, "18")], "t:1")
+    codec = TaggingCodec(tokenizer, ["18"], slots=1, max_length=64)
+    assert _roundtrip(codec, ex) == ex.spans
+
+
+def test_truncation_counts_lost_spans(tokenizer):
+    text = "华为" * 40
+    ex = Example(text, [Span(i, i + 2, "1") for i in range(0, 80, 2)], "t:1")
+    codec = TaggingCodec(tokenizer, ["1"], slots=4, max_length=16)
+    stats = codec.alignment_stats([text], [ex])
+    assert 0 < stats["spans_lost"] < 40
+    enc = codec.encode([text])[0]
+    assert len(enc.input_ids) == 16
+    assert (enc.char_token == -1).any()
+
+
+def test_types_unseen_in_training_are_left_out(tokenizer):
+    ex = Example("华为黑色", [Span(0, 2, "1"), Span(2, 4, "99")], "t:1")
+    codec = TaggingCodec(tokenizer, ["1"], slots=4, max_length=64)
+    assert codec.labels == ["O", "B-1", "I-1"]
+    assert _roundtrip(codec, ex) == [Span(0, 2, "1")]
+    assert codec.alignment_stats([ex.text], [ex])["spans"] == 1
+
+
+@pytest.mark.parametrize("labels, spans", [
+    (["B-a", "I-a", "O", "B-b"], [Span(0, 2, "a"), Span(3, 4, "b")]),
+    (["I-a", "I-a"], [Span(0, 2, "a")]),  # a stray I- opens a span
+    (["B-a", "I-b", "I-b"], [Span(0, 1, "a"), Span(1, 3, "b")]),
+    (["B-a", "B-a"], [Span(0, 1, "a"), Span(1, 2, "a")]),
+    (["O", "O"], []),
+])
+def test_bio_decoding(labels, spans):
+    assert char_labels_to_spans(labels) == spans
