@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as e:
-        print(f"error: {e}" if "\n" not in str(e) else str(e), file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # several processes: one report is enough
+            print(f"error: {e}" if "\n" not in str(e) else str(e), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -133,7 +135,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def train_main(argv: list[str] | None = None) -> int:
     """``run_recipe.py RECIPE [key=value ...]``: the same as ``peft-tags train``."""
+    from .launch import requested_cpu_processes, run_workers
+
     argv = sys.argv[1:] if argv is None else argv
+    n = requested_cpu_processes()
+    if n > 1:  # accelerate launch --cpu --num_processes N started only this one process
+        return run_workers(n, [sys.argv[0], *argv])
     return main(["train", *argv])
 
 

@@ -8,7 +8,6 @@ import warnings
 import torch
 
 from . import methods
-from .backbones import resolve_backbone
 from .errors import UserError
 
 log = logging.getLogger("peft_tags.model")
@@ -87,10 +86,6 @@ def parameter_counts(model) -> dict:
         "all": total,
         "trainable_pct": round(100.0 * trainable / total, 4),
     }
-
-
-def backbone_dir_for(name: str, cache_dir: str | None) -> str:
-    return resolve_backbone(name, cache_dir)
 
 
 def _first_line(e: Exception) -> str:

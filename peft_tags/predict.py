@@ -33,8 +33,8 @@ class Tag:
 
 
 @torch.no_grad()
-def predict_label_ids(model, codec: TaggingCodec, encoded: list[Encoded], batch_size: int, device) -> list[np.ndarray]:
-    """Argmax label ids [n_tokens, slots] for each encoded title; batches sorted by length."""
+def predict_log_probs(model, codec: TaggingCodec, encoded: list[Encoded], batch_size: int, device) -> list[np.ndarray]:
+    """Log-probabilities [n_tokens, slots, labels] for each encoded title; batches sorted by length."""
     model.eval()
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     out: list[np.ndarray | None] = [None] * len(encoded)
@@ -44,16 +44,16 @@ def predict_label_ids(model, codec: TaggingCodec, encoded: list[Encoded], batch_
         idx = order[b : b + batch_size]
         batch = collate([Encoded(encoded[i].input_ids, encoded[i].char_token, encoded[i].char_slot, None) for i in idx], pad)
         logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-        ids = logits.reshape(*logits.shape[:2], codec.slots, n_labels).argmax(-1).cpu().numpy()
+        lp = torch.log_softmax(logits.float().reshape(*logits.shape[:2], codec.slots, n_labels), -1).cpu().numpy()
         for row, i in enumerate(idx):
-            out[i] = ids[row, : len(encoded[i].input_ids)]
+            out[i] = lp[row, : len(encoded[i].input_ids)]
     return out
 
 
 def predict_spans(model, codec: TaggingCodec, texts: list[str], batch_size: int, device) -> list:
     encoded = codec.encode(texts)
-    ids = predict_label_ids(model, codec, encoded, batch_size, device)
-    return [codec.decode(t, e, i) for t, e, i in zip(texts, encoded, ids)]
+    scores = predict_log_probs(model, codec, encoded, batch_size, device)
+    return [codec.decode(t, e, log_probs=lp) for t, e, lp in zip(texts, encoded, scores)]
 
 
 class Tagger:

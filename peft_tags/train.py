@@ -26,7 +26,7 @@ from .errors import UserError
 from .metrics import span_f1
 from .model import (HEAD_NAME, apply_method, build_token_classifier, is_head_param, load_tokenizer,
                     parameter_counts, quiet_transformers)
-from .predict import head_module, predict_label_ids
+from .predict import head_module, predict_log_probs
 from .recipe import Recipe, dump_recipe, recipe_to_dict
 from .tasks.tagging import TaggingCodec, collate, loss_fn
 
@@ -145,6 +145,14 @@ class TrainRun:
                  __version__, r.source, self.acc.num_processes, self.acc.device, torch.get_num_threads(), precision, why)
         set_seed(t.seed)
 
+        self._prepare_data(tokenizer)
+        self._prepare_training(backbone, tokenizer.pad_token_id)
+        if t.resume:
+            self._restore()
+
+    def _prepare_data(self, tokenizer) -> None:
+        """Tokenize every split once; report what the token alignment cannot represent."""
+        r = self.recipe
         self.codec = TaggingCodec(tokenizer, self.types, r.task.slots, r.backbone.max_length)
         self.encoded = {k: self.codec.encode([e.text for e in v], v) for k, v in self.data.items()}
         self.alignment = {k: self.codec.alignment_stats([e.text for e in v], v) for k, v in self.data.items() if k != "train"}
@@ -152,25 +160,27 @@ class TrainRun:
             log.info("%s: %d spans, %d (%.2f%%) not representable with %d slot(s), %.3f tokens/char",
                      split, st["spans"], st["spans_lost"], st["spans_lost_pct"], st["slots"], st["tokens_per_char"])
 
+    def _prepare_training(self, backbone: str, pad_id: int) -> None:
+        """Model with its method, the one ``prepare`` call, the schedule and the loop state."""
+        from transformers import get_scheduler
+
+        r, t = self.recipe, self.recipe.training
         model = build_token_classifier(backbone, self.codec.num_outputs, t.seed)
         model = apply_method(model, r.method.name, r.method.options)
         self.params = parameter_counts(model)
         log.info("trainable parameters: adapter %s + head %s = %s of %s (%.3f%%)",
                  f"{self.params['adapter']:,}", f"{self.params['head']:,}", f"{self.params['trainable']:,}",
                  f"{self.params['all']:,}", self.params["trainable_pct"])
-
         lengths = [len(e.input_ids) for e in self.encoded["train"]]
         self.sampler = LengthBucketBatches(lengths, t.batch_size, t.seed, t.length_bucketing)
-        pad = tokenizer.pad_token_id
         loader = torch.utils.data.DataLoader(self.encoded["train"], batch_sampler=self.sampler,
-                                             collate_fn=lambda b: collate(b, pad))
+                                             collate_fn=lambda b: collate(b, pad_id))
         optimizer = torch.optim.AdamW(self._param_groups(model), lr=t.lr)
         self.model, self.optimizer, self.loader = self.acc.prepare(model, optimizer, loader)
-        # 3314 titles / 16 per batch = 208 batches; / grad_accum = optimizer steps per epoch
+        # 3314 titles / 16 per batch = 208 batches per process; / grad_accum = optimizer steps
         self.steps_per_epoch = math.ceil(len(self.loader) / t.grad_accum)
         self.total_steps = self.steps_per_epoch * t.epochs
-        from transformers import get_scheduler
-
+        # stepped by hand once per optimizer step, so it is not handed to prepare()
         name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[t.schedule]
         self.scheduler = get_scheduler(name, self.optimizer.optimizer, num_warmup_steps=int(t.warmup_ratio * self.total_steps),
                                        num_training_steps=self.total_steps)
@@ -178,8 +188,6 @@ class TrainRun:
             self.acc.init_trackers("train", config=_flat_scalars(recipe_to_dict(r)))
         self.state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best": None, "history": [],
                       "train_seconds": 0.0, "train_titles": 0}
-        if t.resume:
-            self._restore()
 
     def _param_groups(self, model) -> list[dict]:
         t = self.recipe.training
@@ -225,11 +233,14 @@ class TrainRun:
         bar = tqdm(total=self.total_steps, initial=st["step"], disable=not acc.is_local_main_process, desc="train", unit="step")
         fault_at = int(os.environ.get("PEFT_TAGS_FAULT_AT_STEP", "0"))  # tests: simulate a crash
         for epoch in range(st["epoch"], t.epochs):
-            self.sampler.set_epoch(epoch)
             loader = acc.skip_first_batches(self.loader, st["batch_in_epoch"]) if st["batch_in_epoch"] else self.loader
+            # accelerate's loaders count their own iterations and pass them to the sampler as the
+            # epoch; a resumed run must hand over the true epoch, or it replays epoch 0's order
+            loader.set_epoch(epoch)
+            self.sampler.set_epoch(epoch)
             self.model.train()
             tick = time.perf_counter()
-            for batch in loader:
+            for batch in _batches(loader):
                 with acc.accumulate(self.model):
                     logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                     loss = loss_fn(logits, batch["labels"], n_labels)
@@ -281,8 +292,8 @@ class TrainRun:
         rank, world = self.acc.process_index, self.acc.num_processes
         mine = list(range(rank, len(examples), world))
         model = self.acc.unwrap_model(self.model)
-        ids = predict_label_ids(model, self.codec, [encoded[i] for i in mine], 64, self.acc.device)
-        preds = [(i, self.codec.decode(examples[i].text, encoded[i], x)) for i, x in zip(mine, ids)]
+        scores = predict_log_probs(model, self.codec, [encoded[i] for i in mine], 64, self.acc.device)
+        preds = [(i, self.codec.decode(examples[i].text, encoded[i], log_probs=lp)) for i, lp in zip(mine, scores)]
         preds = sorted(gather_object(preds) if world > 1 else preds, key=lambda p: p[0])
         self.model.train()
         return span_f1([p for _, p in preds], [e.spans for e in examples])
@@ -414,6 +425,22 @@ class TrainRun:
         shutil.rmtree(self.work, ignore_errors=True)
         log.info("wrote %s: test micro-F1 %s, %s titles/s in training", self.out,
                  metrics.get("test_micro_f1"), metrics["train_titles_per_s"])
+
+
+def _batches(loader):
+    """Iterate ``loader`` without touching the global torch RNG.
+
+    A DataLoader draws a seed from the global RNG whenever an iterator starts. A resumed run
+    starts its iterator mid-epoch, after restoring the RNG, so the draw would shift every
+    dropout mask after it; with the draws fenced off, resume matches an uninterrupted run.
+    """
+    it = iter(loader)
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            batch = next(it, None)
+        if batch is None:
+            return
+        yield batch
 
 
 def run(recipe: Recipe) -> Path:

@@ -78,3 +78,28 @@ def test_types_unseen_in_training_are_left_out(tokenizer):
 ])
 def test_bio_decoding(labels, spans):
     assert char_labels_to_spans(labels) == spans
+
+
+def test_viterbi_returns_the_best_valid_bio_sequence():
+    from peft_tags.tasks.tagging import viterbi
+
+    labels = ["O", "B-a", "I-a"]
+    allowed = np.ones((3, 3), dtype=bool)
+    allowed[0, 2] = False  # O -> I-a forbidden
+    first = np.array([True, True, False])
+    # per position argmax would say O, I-a, I-a (invalid); the best valid path is B-a, I-a, I-a
+    lp = np.log(np.array([[0.5, 0.45, 0.05], [0.1, 0.1, 0.8], [0.1, 0.1, 0.8]]))
+    assert [labels[i] for i in viterbi(lp, allowed, first)] == ["B-a", "I-a", "I-a"]
+    # and it keeps a valid argmax path unchanged
+    lp2 = np.log(np.array([[0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.8, 0.1, 0.1]]))
+    assert [labels[i] for i in viterbi(lp2, allowed, first)] == ["B-a", "I-a", "O"]
+
+
+def test_decoding_from_log_probs_matches_gold_when_confident(tokenizer):
+    ex = Example("华为黑色手机壳", [Span(0, 2, "1"), Span(2, 4, "16"), Span(4, 7, "4")], "t:1")
+    codec = TaggingCodec(tokenizer, ["1", "16", "4"], slots=4, max_length=64)
+    enc = codec.encode([ex.text], [ex])[0]
+    gold = np.where(enc.labels == IGNORE, 0, enc.labels)
+    lp = np.full(gold.shape + (len(codec.labels),), np.log(0.01))
+    np.put_along_axis(lp, gold[..., None], np.log(0.9), axis=-1)
+    assert codec.decode(ex.text, enc, log_probs=lp) == ex.spans

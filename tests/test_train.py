@@ -150,7 +150,7 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, tiny_backbone, t
 
 def test_two_processes_with_ddp_over_gloo(tmp_path, tiny_backbone, toy_data):
     recipe = write_recipe(tmp_path / "ddp.yaml", tiny_backbone, toy_data, tmp_path / "out", epochs=2)
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--cpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     done = _train_subprocess(recipe, launcher=launcher)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -107,16 +107,40 @@ class TaggingCodec:
             out.append(Encoded(ids, char_token, char_slot, labels))
         return out
 
-    def decode(self, text: str, enc: Encoded, label_ids: np.ndarray) -> list[Span]:
-        """``label_ids``: [n_tokens, slots] predicted label ids -> character spans."""
+    def decode(self, text: str, enc: Encoded, label_ids: np.ndarray | None = None,
+               log_probs: np.ndarray | None = None) -> list[Span]:
+        """Character spans from ``label_ids`` [n_tokens, slots] (argmax) or from
+        ``log_probs`` [n_tokens, slots, labels] (the best valid BIO sequence, by Viterbi)."""
         n = len(text)
         char_ids = np.zeros(n, dtype=np.int64)
         keep = enc.char_token >= 0
-        char_ids[keep] = label_ids[enc.char_token[keep], enc.char_slot[keep]]
-        # characters past the last slot of their token continue that slot's span
         shared = keep & _past_last_slot(enc.char_token, self.slots)
-        char_ids[shared] = self._continue[char_ids[shared]]
+        if log_probs is not None:
+            own = keep & ~shared
+            char_ids[own] = viterbi(log_probs[enc.char_token[own], enc.char_slot[own]], *self._bio_constraints())
+            # a character past the last slot continues the character before it
+            for i in np.nonzero(shared)[0]:
+                char_ids[i] = self._continue[char_ids[i - 1]]
+        else:
+            char_ids[keep] = label_ids[enc.char_token[keep], enc.char_slot[keep]]
+            # characters past the last slot of their token continue that slot's span
+            char_ids[shared] = self._continue[char_ids[shared]]
         return char_labels_to_spans([self.labels[i] for i in char_ids])
+
+    def _bio_constraints(self) -> tuple[np.ndarray, np.ndarray]:
+        """(allowed[prev, cur], allowed_first[cur]): I-x only after B-x or I-x."""
+        if not hasattr(self, "_constraints"):
+            n = len(self.labels)
+            allowed = np.ones((n, n), dtype=bool)
+            first = np.ones(n, dtype=bool)
+            for cur, lab in enumerate(self.labels):
+                if lab.startswith("I-"):
+                    t = lab[2:]
+                    allowed[:, cur] = False
+                    allowed[self.label_index[f"B-{t}"], cur] = allowed[cur, cur] = True
+                    first[cur] = False
+            self._constraints = (allowed, first)
+        return self._constraints
 
     def alignment_stats(self, texts: list[str], examples: list[Example]) -> dict:
         """How many gold spans survive encode -> decode (tokenization, slots, truncation)."""
@@ -137,6 +161,27 @@ class TaggingCodec:
             "tokens_per_char": round(tokens / max(chars, 1), 4),
             "slots": self.slots,
         }
+
+
+def viterbi(log_probs: np.ndarray, allowed: np.ndarray, allowed_first: np.ndarray) -> np.ndarray:
+    """The highest-scoring label sequence under the transition constraints.
+
+    ``log_probs`` [n, labels]; returns label ids [n]."""
+    n = len(log_probs)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    penalty = np.where(allowed, 0.0, -np.inf)
+    score = np.where(allowed_first, log_probs[0], -np.inf)
+    back = np.zeros((n, log_probs.shape[1]), dtype=np.int64)
+    for i in range(1, n):
+        total = score[:, None] + penalty  # [prev, cur]
+        back[i] = total.argmax(0)
+        score = total.max(0) + log_probs[i]
+    out = np.empty(n, dtype=np.int64)
+    out[-1] = int(score.argmax())
+    for i in range(n - 1, 0, -1):
+        out[i - 1] = back[i, out[i]]
+    return out
 
 
 def _fill_gaps(char_token: np.ndarray, truncated: bool) -> None:
