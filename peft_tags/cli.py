@@ -61,6 +61,10 @@ def _predict(args) -> int:
     titles = list(args.titles)
     if args.input:
         titles += _read_titles(Path(args.input))
+        if not titles:
+            raise UserError(f"--input: no titles in '{args.input}'")
+    if args.output and not Path(args.output).resolve().parent.is_dir():
+        raise UserError(f"--output: no directory '{Path(args.output).parent}' to write into")
     tagger = Tagger.load(args.output_dir)
     results = tagger.tag(titles, batch_size=args.batch_size)
     if args.output:
@@ -79,22 +83,32 @@ def _predict(args) -> int:
 
 
 def _read_titles(path: Path) -> list[str]:
+    """The 'text' field of each JSON line; UserError naming the line for anything else."""
     if not path.is_file():
         raise UserError(f"--input: no such file '{path}'")
     titles = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-            text = obj.get("text") if isinstance(obj, dict) else None
-            if not isinstance(text, str):
-                raise UserError(f"{path}:{n}: expected an object with a string field 'text'")
-            titles.append(text)
+    for n, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}:{n}: not UTF-8 (byte {e.start + 1})") from None
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+        text = obj.get("text") if isinstance(obj, dict) else None
+        if not isinstance(text, str):
+            raise UserError(f"{path}:{n}: expected an object with a string field 'text'")
+        titles.append(text)
     return titles
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("titles", nargs="*")
     pr.add_argument("--input", help="JSON lines with a 'text' field")
     pr.add_argument("--output", help="write JSON lines here instead of printing")
-    pr.add_argument("--batch-size", type=int, default=32)
+    pr.add_argument("--batch-size", type=_positive_int, default=32)
     pr.set_defaults(func=_predict)
     return p
 

@@ -45,11 +45,19 @@ def build_token_classifier(backbone_dir: str, num_outputs: int, seed: int):
 
     torch.manual_seed(seed)  # the head's initialisation
     try:
-        return AutoModelForTokenClassification.from_pretrained(
+        model = AutoModelForTokenClassification.from_pretrained(
             backbone_dir, num_labels=num_outputs, attn_implementation="sdpa"
         )
     except (OSError, ValueError) as e:
         raise UserError(f"backbone.name: cannot load '{backbone_dir}': {_first_line(e)}") from None
+    return model
+
+
+def check_max_length(model, max_length: int) -> None:
+    """backbone.max_length must fit the backbone's position embeddings."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and max_length > limit:
+        raise UserError(f"backbone.max_length: {max_length} is longer than this backbone's {limit} positions")
 
 
 def apply_method(model, method_name: str, options):

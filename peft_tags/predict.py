@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from .errors import UserError
 from .tasks.tagging import Encoded, TaggingCodec, collate
 
 OUTPUT_FILES = ("labels.json", "recipe.yaml", "head.safetensors")
+log = logging.getLogger("peft_tags.predict")
 
 
 @dataclass(frozen=True)
@@ -50,12 +52,6 @@ def predict_log_probs(model, codec: TaggingCodec, encoded: list[Encoded], batch_
     return out
 
 
-def predict_spans(model, codec: TaggingCodec, texts: list[str], batch_size: int, device) -> list:
-    encoded = codec.encode(texts)
-    scores = predict_log_probs(model, codec, encoded, batch_size, device)
-    return [codec.decode(t, e, log_probs=lp) for t, e, lp in zip(texts, encoded, scores)]
-
-
 class Tagger:
     """A trained tagger loaded from an output directory of ``peft-tags train``."""
 
@@ -64,8 +60,9 @@ class Tagger:
 
     @classmethod
     def load(cls, output_dir: str | Path, device: str | None = None) -> "Tagger":
-        from .model import build_token_classifier, load_tokenizer, quiet_transformers, HEAD_NAME
+        """Load an output directory; raises UserError when files of its method are missing."""
         from .backbones import resolve_backbone
+        from .model import HEAD_NAME, load_tokenizer, quiet_transformers
         from .recipe import load_recipe
 
         out = Path(output_dir)
@@ -74,29 +71,60 @@ class Tagger:
             raise UserError(f"{out}: not a peft-tags output directory (missing {', '.join(missing)})")
         quiet_transformers()
         recipe = load_recipe(out / "recipe.yaml")
+        method = recipe.method.name
+        needed = METHOD_FILES.get(method, METHOD_FILES["lora"])  # every peft method saves an adapter
+        missing = [f for f in needed if not (out / f).is_file()]
+        if missing:
+            raise UserError(f"{out}: incomplete output of method '{method}' (missing {', '.join(missing)})")
         meta = json.loads((out / "labels.json").read_text(encoding="utf-8"))
         backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.cache_dir)
-        tokenizer = load_tokenizer(backbone)
-        codec = TaggingCodec(tokenizer, meta["types"], meta["slots"], meta["max_length"])
-        if (out / "model" / "config.json").is_file():  # full fine-tuning: the whole model
-            model = build_token_classifier(str(out / "model"), codec.num_outputs, seed=0)
-        else:
-            model = build_token_classifier(backbone, codec.num_outputs, seed=0)
-            if (out / "adapter_config.json").is_file():
-                from peft import PeftModel
-
-                model = PeftModel.from_pretrained(model, str(out))
+        codec = TaggingCodec(load_tokenizer(backbone), meta["types"], meta["slots"], meta["max_length"])
+        with torch.random.fork_rng(devices=[]):  # building a model seeds torch; not the caller's RNG
+            model = _build(out, method, backbone, codec.num_outputs)
         _load_head(model, out / "head.safetensors", HEAD_NAME)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model.to(device).eval()
         return cls(model, codec, recipe, device)
 
     def tag(self, titles: list[str], batch_size: int = 32) -> list[list[Tag]]:
-        """Tags of each title, as label, text, start, end (character offsets into the title)."""
+        """Tags of each title, as label, text, start, end (character offsets into the title).
+
+        Characters past ``backbone.max_length`` tokens are not tagged (a warning says how many
+        titles were cut)."""
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {batch_size}")
+        if not titles:
+            return []
         d = self.recipe.data
         norm = [normalize_text(t, d.fullwidth_to_halfwidth, d.lowercase) for t in titles]
-        spans = predict_spans(self.model, self.codec, norm, batch_size, self.device)
+        encoded = self.codec.encode(norm)
+        cut = sum(bool((e.char_token < 0).any()) for e in encoded)
+        if cut:
+            log.warning("%d of %d titles are longer than %d tokens; their ends are not tagged", cut, len(titles),
+                        self.codec.max_length)
+        scores = predict_log_probs(self.model, self.codec, encoded, batch_size, self.device)
+        spans = [self.codec.decode(t, e, log_probs=lp) for t, e, lp in zip(norm, encoded, scores)]
         return [[Tag(s.label, title[s.start : s.end], s.start, s.end) for s in ss] for title, ss in zip(titles, spans)]
+
+
+METHOD_FILES = {
+    "lora": ("adapter_config.json", "adapter_model.safetensors"),
+    "full": ("model/config.json",),
+    "head-only": (),
+}
+
+
+def _build(out: Path, method: str, backbone: str, num_outputs: int):
+    from .model import build_token_classifier
+
+    if method == "full":  # the whole fine-tuned model
+        return build_token_classifier(str(out / "model"), num_outputs, seed=0)
+    model = build_token_classifier(backbone, num_outputs, seed=0)
+    if method != "head-only":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(out))
+    return model
 
 
 def head_module(model, head_name: str):

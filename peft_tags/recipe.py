@@ -640,7 +640,8 @@ def dump_recipe(recipe: Recipe, path: str | Path) -> Path:
     path = Path(path)
     data = recipe_to_dict(recipe)
     header = (f"# Resolved peft-tags recipe (every default filled in), written by peft-tags {__version__}\n"
-              f"# from {recipe.source or '<unknown>'}. Load it again with: peft-tags train {path.name}\n")
+              f"# from {recipe.source or '<unknown>'}. Train the same again (into another directory) with:\n"
+              f"#   peft-tags train {path.name} output.dir=<new directory>\n")
     blocks = [yaml.safe_dump({k: v}, sort_keys=False, allow_unicode=True, default_flow_style=False)
               for k, v in data.items()]
     path.parent.mkdir(parents=True, exist_ok=True)

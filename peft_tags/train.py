@@ -7,6 +7,7 @@ directory that looks complete but is not.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -24,8 +25,8 @@ from . import __version__
 from .data import label_set, read_examples, resolve_data_path
 from .errors import UserError
 from .metrics import span_f1
-from .model import (HEAD_NAME, apply_method, build_token_classifier, is_head_param, load_tokenizer,
-                    parameter_counts, quiet_transformers)
+from .model import (HEAD_NAME, apply_method, build_token_classifier, check_max_length, is_head_param,
+                    load_tokenizer, parameter_counts, quiet_transformers)
 from .predict import head_module, predict_log_probs
 from .recipe import Recipe, dump_recipe, recipe_to_dict
 from .tasks.tagging import TaggingCodec, collate, loss_fn
@@ -80,7 +81,9 @@ class LengthBucketBatches(torch.utils.data.Sampler):
             pool = self.batch_size * 50
             idx = np.concatenate([sorted(idx[i : i + pool], key=lambda j: self.lengths[j]) for i in range(0, len(idx), pool)])
         batches = [idx[i : i + self.batch_size].tolist() for i in range(0, len(idx), self.batch_size)]
-        return [batches[i] for i in rng.permutation(len(batches))]
+        short = [batches.pop()] if len(batches[-1]) < self.batch_size else []
+        # the short batch stays last: accelerate's sharding over processes assumes full batches
+        return [batches[i] for i in rng.permutation(len(batches))] + short
 
     def __iter__(self):
         return iter(self.batches())
@@ -133,6 +136,8 @@ class TrainRun:
         tokenizer = load_tokenizer(backbone)
         self.data = self._load_data()
 
+        if int(os.environ.get("RANK", "0")) == 0:
+            self._clear_leftovers()
         precision, why = choose_precision(t.mixed_precision)
         self.acc = Accelerator(
             mixed_precision=precision, gradient_accumulation_steps=t.grad_accum,
@@ -157,8 +162,10 @@ class TrainRun:
         self.encoded = {k: self.codec.encode([e.text for e in v], v) for k, v in self.data.items()}
         self.alignment = {k: self.codec.alignment_stats([e.text for e in v], v) for k, v in self.data.items() if k != "train"}
         for split, st in self.alignment.items():
-            log.info("%s: %d spans, %d (%.2f%%) not representable with %d slot(s), %.3f tokens/char",
-                     split, st["spans"], st["spans_lost"], st["spans_lost_pct"], st["slots"], st["tokens_per_char"])
+            log.info("%s: %d spans, %d (%.2f%%) lost to tokenization with %d slot(s) per token at %.3f tokens/char "
+                     "(one label per token: %.2f%% lost; one token per character: %.3f tokens/char)",
+                     split, st["spans"], st["spans_lost"], st["spans_lost_pct"], st["slots"], st["tokens_per_char"],
+                     st["one_label_per_token_spans_lost_pct"], st["one_token_per_char_tokens_per_char"])
 
     def _prepare_training(self, backbone: str, pad_id: int) -> None:
         """Model with its method, the one ``prepare`` call, the schedule and the loop state."""
@@ -166,6 +173,7 @@ class TrainRun:
 
         r, t = self.recipe, self.recipe.training
         model = build_token_classifier(backbone, self.codec.num_outputs, t.seed)
+        check_max_length(model, r.backbone.max_length)
         model = apply_method(model, r.method.name, r.method.options)
         self.params = parameter_counts(model)
         log.info("trainable parameters: adapter %s + head %s = %s of %s (%.3f%%)",
@@ -187,7 +195,7 @@ class TrainRun:
         if self.acc.is_main_process and self.acc.log_with:
             self.acc.init_trackers("train", config=_flat_scalars(recipe_to_dict(r)))
         self.state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best": None, "history": [],
-                      "train_seconds": 0.0, "train_titles": 0}
+                      "train_seconds": 0.0, "train_titles": 0, "recipe": _fingerprint(r)}
 
     def _param_groups(self, model) -> list[dict]:
         t = self.recipe.training
@@ -219,8 +227,22 @@ class TrainRun:
         o, t = self.recipe.output, self.recipe.training
         if self.out.exists() and not o.overwrite:
             raise UserError(f"output.dir: '{self.out}' already exists; set output.overwrite=true or choose another directory")
-        if t.resume and not (self.work / "checkpoint" / "state.json").is_file():
-            raise UserError(f"training.resume: no checkpoint under '{self.work}' to resume from")
+        if t.resume:
+            state = self.work / "checkpoint" / "state.json"
+            if not state.is_file():
+                raise UserError(f"training.resume: no checkpoint under '{self.work}' to resume from")
+            differs = _first_difference(json.loads(state.read_text()).get("recipe", {}), _fingerprint(self.recipe))
+            if differs:
+                raise UserError(f"training.resume: the checkpoint in '{self.work}' was made with another recipe "
+                                f"('{differs}' differs); resume with the same recipe or start afresh")
+
+    def _clear_leftovers(self) -> None:
+        """A fresh run starts from nothing: an earlier crashed run's checkpoints, best weights
+        and logs (``<out>.work``) and half-published directories are removed."""
+        if not self.recipe.training.resume:
+            shutil.rmtree(self.work, ignore_errors=True)
+        for stale in self.out.parent.glob(f".{self.out.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
 
     # ------------------------------------------------------------------ train
     def train(self) -> None:
@@ -250,9 +272,11 @@ class TrainRun:
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 st["batch_in_epoch"] += 1
-                st["train_titles"] += len(batch["input_ids"]) * acc.num_processes
+                n = torch.tensor(len(batch["input_ids"]), device=acc.device)
+                st["train_titles"] += int(acc.reduce(n, "sum")) if acc.num_processes > 1 else int(n)
                 if acc.sync_gradients:
-                    self.scheduler.step()
+                    if not self.optimizer.step_was_skipped:  # fp16 loss scaling skips overflowing steps
+                        self.scheduler.step()
                     st["step"] += 1
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch + 1)
@@ -300,16 +324,21 @@ class TrainRun:
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self) -> None:
-        """Trainable weights, optimizer, schedule, RNG and loop state, written atomically."""
-        self.acc.wait_for_everyone()
-        ckpt = self.work / "checkpoint"
-        if self.acc.is_main_process:
-            tmp = self.work / "checkpoint.tmp"
+        """Trainable weights, optimizer, schedule, loss scale, RNG and loop state, written to
+        ``checkpoint.tmp`` by every process and then swapped in by the main one."""
+        acc = self.acc
+        tmp, ckpt = self.work / "checkpoint.tmp", self.work / "checkpoint"
+        acc.wait_for_everyone()
+        if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            torch.save(_trainable_state(self.acc.unwrap_model(self.model)), tmp / "trainable.pt")
-            torch.save({"optimizer": self.optimizer.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                       tmp / "optim.pt")
+        acc.wait_for_everyone()
+        torch.save(_rng_state(), tmp / f"rng{acc.process_index}.pt")  # dropout differs per rank
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            torch.save(_trainable_state(acc.unwrap_model(self.model)), tmp / "trainable.pt")
+            torch.save({"optimizer": self.optimizer.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "scaler": acc.scaler.state_dict() if acc.scaler is not None else None}, tmp / "optim.pt")
             (tmp / "state.json").write_text(json.dumps(self.state, indent=1))
             old = self.work / "checkpoint.old"
             shutil.rmtree(old, ignore_errors=True)
@@ -317,10 +346,7 @@ class TrainRun:
                 os.replace(ckpt, old)
             os.replace(tmp, ckpt)
             shutil.rmtree(old, ignore_errors=True)
-        self.acc.wait_for_everyone()
-        # every process keeps its own RNG streams (dropout differs per rank)
-        _atomic_torch_save(_rng_state(), ckpt / f"rng{self.acc.process_index}.pt")
-        self.acc.wait_for_everyone()
+        acc.wait_for_everyone()
 
     def _restore(self) -> None:
         ckpt = self.work / "checkpoint"
@@ -336,10 +362,14 @@ class TrainRun:
         optim = torch.load(ckpt / "optim.pt", weights_only=False)
         self.optimizer.optimizer.load_state_dict(optim["optimizer"])
         self.scheduler.load_state_dict(optim["scheduler"])
+        if optim.get("scaler") is not None and self.acc.scaler is not None:
+            self.acc.scaler.load_state_dict(optim["scaler"])
         self.state = json.loads((ckpt / "state.json").read_text())
         rng = ckpt / f"rng{self.acc.process_index}.pt"
-        if rng.is_file():
-            _set_rng_state(torch.load(rng, weights_only=False))
+        if not rng.is_file():
+            raise UserError(f"training.resume: '{ckpt}' holds no random state for process {self.acc.process_index} "
+                            "(was it written with another number of processes?)")
+        _set_rng_state(torch.load(rng, weights_only=False))
         log.info("resumed from %s: epoch %d, batch %d, step %d", ckpt, self.state["epoch"], self.state["batch_in_epoch"], self.state["step"])
 
     # ------------------------------------------------------------------ save
@@ -395,6 +425,11 @@ class TrainRun:
     def _publish(self, model, metrics: dict, reports: dict[str, str]) -> None:
         from safetensors.torch import save_file
 
+        # the recipe as it ran, made to load from anywhere: a local backbone by absolute path
+        resolved = dataclasses.replace(self.recipe, training=dataclasses.replace(self.recipe.training, resume=False))
+        if Path(resolved.backbone.name).expanduser().is_dir():
+            resolved.backbone = dataclasses.replace(resolved.backbone, name=str(Path(resolved.backbone.name).expanduser().resolve()))
+
         tmp = self.out.with_name(f".{self.out.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -409,16 +444,18 @@ class TrainRun:
             labels = {"task": "tagging", "types": self.codec.types, "labels": self.codec.labels,
                       "slots": self.codec.slots, "max_length": self.codec.max_length, "num_outputs": self.codec.num_outputs}
             (tmp / "labels.json").write_text(json.dumps(labels, ensure_ascii=False, indent=1), encoding="utf-8")
-            dump_recipe(self.recipe, tmp / "recipe.yaml")
+            dump_recipe(resolved, tmp / "recipe.yaml")
             (tmp / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
             for split, report in reports.items():
                 (tmp / f"{split}_report.txt").write_text(report, encoding="utf-8")
             (tmp / "README.md").write_text(model_card(self.recipe, metrics), encoding="utf-8")
             if (self.work / "logs").is_dir():
                 shutil.copytree(self.work / "logs", tmp / "logs")
-            if self.out.exists():  # output.overwrite=true (checked at setup)
-                shutil.rmtree(self.out)
+            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
+            if self.out.exists():  # output.overwrite=true (checked at setup): keep it until the new one is in
+                os.replace(self.out, old)
             os.replace(tmp, self.out)
+            shutil.rmtree(old, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -455,6 +492,25 @@ def _resolve_backbone(recipe: Recipe) -> str:
     from .backbones import resolve_backbone
 
     return resolve_backbone(recipe.backbone.name, recipe.backbone.cache_dir)
+
+
+def _fingerprint(recipe: Recipe) -> dict:
+    """What a checkpoint must agree with to be resumed: the recipe less resume/overwrite."""
+    d = recipe_to_dict(recipe)
+    d["training"] = {k: v for k, v in d["training"].items() if k != "resume"}
+    d["output"] = {k: v for k, v in d["output"].items() if k != "overwrite"}
+    return json.loads(json.dumps(d))
+
+
+def _first_difference(a, b, prefix: str = "") -> str | None:
+    """Dotted key of the first difference between two nested dicts, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            found = _first_difference(a.get(k), b.get(k), f"{prefix}{k}.")
+            if found:
+                return found
+        return None
+    return prefix.rstrip(".") if a != b else None
 
 
 def _atomic_torch_save(obj, path: Path) -> None:

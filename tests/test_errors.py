@@ -44,6 +44,9 @@ BAD_RECIPES = [
     ("override-unknown", lambda s: s, ["training.lrr=1"], "override 'training.lrr=1'"),
     ("backbone-missing", lambda s: s.replace("name: /", "name: ./no-such-backbone/"), [], "backbone.name"),
     ("resume-without-checkpoint", lambda s: s, ["training.resume=true"], "training.resume"),
+    ("target-modules-missing", lambda s: s.replace("target_modules: [query, value]", "target_modules: [q_proj]"), [],
+     "method.target_modules"),
+    ("max-length-past-positions", lambda s: s.replace("max_length: 64", "max_length: 512"), [], "backbone.max_length"),
 ]
 
 
@@ -145,3 +148,22 @@ def test_run_recipe_script_exits_2_without_traceback(base_recipe):
     done = subprocess.run([sys.executable, str(REPO / "run_recipe.py"), str(recipe)], capture_output=True, text=True)
     assert done.returncode == 2
     assert "did you mean 'training.lr'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_predict_mistakes_are_one_line_exit_2(tmp_path, capsys):
+    (tmp_path / "empty.jsonl").write_text("\n\n", encoding="utf-8")
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{"title": "b"}\n', encoding="utf-8")
+    cases = [
+        (["predict", str(tmp_path)], "give titles"),
+        (["predict", str(tmp_path), "--input", str(tmp_path / "nope.jsonl")], "no such file"),
+        (["predict", str(tmp_path), "--input", str(tmp_path / "empty.jsonl")], "no titles"),
+        (["predict", str(tmp_path), "--input", str(tmp_path / "latin1.jsonl")], "latin1.jsonl:1: not UTF-8"),
+        (["predict", str(tmp_path), "--input", str(tmp_path / "bad.jsonl")], "bad.jsonl:2:"),
+        (["predict", str(tmp_path), "a title", "--output", str(tmp_path / "no" / "dir.jsonl")], "--output"),
+        (["predict", str(tmp_path), "a title"], "not a peft-tags output directory"),
+    ]
+    for argv, must in cases:
+        assert cli_main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and must in err[0], (argv, err)

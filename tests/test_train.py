@@ -149,12 +149,81 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, tiny_backbone, t
 
 
 def test_two_processes_with_ddp_over_gloo(tmp_path, tiny_backbone, toy_data):
-    recipe = write_recipe(tmp_path / "ddp.yaml", tiny_backbone, toy_data, tmp_path / "out", epochs=2)
+    # 160 titles in batches of 7: 22 full batches and a short one, which must not be lost
+    recipe = write_recipe(tmp_path / "ddp.yaml", tiny_backbone, toy_data, tmp_path / "out", epochs=2, batch_size=7)
     launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--cpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     done = _train_subprocess(recipe, launcher=launcher)
     assert done.returncode == 0, done.stderr[-3000:]
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert m["processes"] == 2
-    # 160 titles / (8 per batch x 2 processes) = 10 optimizer steps per epoch
-    assert m["history"][-1]["step"] == 20
+    # 23 batches over 2 processes = 12 optimizer steps per epoch
+    assert m["history"][-1]["step"] == 24
+    assert "2 process(es)" in done.stderr
+
+
+def test_a_fresh_run_ignores_leftovers_of_a_crashed_one(tmp_path, tiny_backbone, toy_data):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_data, tmp_path / "out", epochs=1)
+    work = tmp_path / "out.work"
+    work.mkdir()
+    torch.save({"bogus": torch.zeros(3)}, work / "best.pt")  # would break loading if it were used
+    (tmp_path / ".out.tmp-123").mkdir()
+    assert cli_main(["train", str(recipe)]) == 0
+    assert not work.exists() and not (tmp_path / ".out.tmp-123").exists()
+
+
+def test_resume_refuses_a_checkpoint_of_another_recipe(tmp_path, tiny_backbone, toy_data, capsys):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_data, tmp_path / "out", epochs=2, checkpoint_every_steps=5)
+    crashed = _train_subprocess(recipe, env=dict(_env(), PEFT_TAGS_FAULT_AT_STEP="6"))
+    assert crashed.returncode != 0
+    assert cli_main(["train", str(recipe), "training.resume=true", "training.lr=0.001"]) == 2
+    assert "'training.lr' differs" in capsys.readouterr().err
+
+
+def test_overwrite_replaces_the_output_and_leaves_no_temporaries(lora_run, tmp_path, tiny_backbone, toy_data):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_data, tmp_path / "out", epochs=1)
+    assert cli_main(["train", str(recipe)]) == 0
+    first = (tmp_path / "out" / "metrics.json").read_text()
+    assert cli_main(["train", str(recipe), "output.overwrite=true", "training.seed=8"]) == 0
+    assert (tmp_path / "out" / "metrics.json").read_text() != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "r.yaml"]
+
+
+def test_incomplete_output_directory_is_refused(lora_run, tmp_path):
+    import shutil
+
+    from peft_tags.errors import UserError
+    from peft_tags.predict import Tagger
+
+    broken = tmp_path / "copy"
+    shutil.copytree(lora_run, broken)
+    (broken / "adapter_model.safetensors").unlink()
+    with pytest.raises(UserError, match="incomplete output of method 'lora'.*adapter_model.safetensors"):
+        Tagger.load(broken)
+
+
+def test_tagger_handles_empty_input_and_keeps_the_callers_rng(lora_run):
+    from peft_tags.predict import Tagger
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    tagger = Tagger.load(lora_run)
+    assert torch.equal(torch.rand(3), expected)
+    assert tagger.tag([]) == []
+    assert tagger.tag([""]) == [[]]
+
+
+def test_short_batch_comes_last_so_process_shards_stay_full():
+    from peft_tags.train import LengthBucketBatches
+
+    sampler = LengthBucketBatches(list(range(150)), batch_size=8, seed=1, bucketing=True)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = sampler.batches()
+        assert [len(b) for b in batches[:-1]] == [8] * 18 and len(batches[-1]) == 6
+        assert sorted(i for b in batches for i in b) == list(range(150))
+    sampler.set_epoch(0)
+    first = sampler.batches()
+    sampler.set_epoch(1)
+    assert sampler.batches() != first

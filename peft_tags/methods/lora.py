@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import UserError
 from . import register
 
 
@@ -41,4 +42,13 @@ def apply(model, options: LoraOptions, head_name: str):
         target_modules=list(options.target_modules),
         modules_to_save=[head_name],
     )
-    return get_peft_model(model, config)
+    try:
+        return get_peft_model(model, config)
+    except Exception as e:  # peft raises ValueError or NoMatchingPeftModuleError, by version
+        if "not found in the base model" not in str(e) and "No modules were targeted" not in str(e):
+            raise
+        import torch
+
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise UserError(f"method.target_modules: none of {list(options.target_modules)} is a layer of this backbone; "
+                        f"its linear layers are named {', '.join(names)}") from None

@@ -1,9 +1,8 @@
 """Metrics: exact-match span F1, as plain Python and as an offline ``evaluate`` module.
 
-:func:`span_f1` computes directly (fast, no ``evaluate`` import). :func:`load_span_f1` gives
-the same computation as an ``evaluate`` module loaded from :data:`SPAN_F1_DIR`, for code that
-wants the ``evaluate`` interface (``add_batch``, ``compute``); it never touches the network,
-but importing ``evaluate`` costs a few seconds the first time.
+:func:`span_f1` scores through the ``evaluate`` module loaded from :data:`SPAN_F1_DIR`
+(:func:`load_span_f1`); it never touches the network, but importing ``evaluate`` costs a few
+seconds once per process. :func:`compute_span_f1` is the same computation in plain Python.
 """
 from __future__ import annotations
 
@@ -45,10 +44,9 @@ def load_span_f1():
 
 def span_f1(pred_spans, gold_spans, *, digits: int = 4) -> dict:
     """Span P/R/F1 of ``pred_spans`` against ``gold_spans`` (lists, one per example, of
-    :class:`~peft_tags.data.Span`). Same result as ``load_span_f1().compute(...)`` on the
-    encoded spans."""
+    :class:`~peft_tags.data.Span`), computed by the offline ``evaluate`` module."""
     if len(pred_spans) != len(gold_spans):
         raise ValueError(f"{len(pred_spans)} examples of predictions but {len(gold_spans)} of gold spans")
-    return compute_span_f1(
-        [encode_spans(p) for p in pred_spans], [encode_spans(g) for g in gold_spans], digits=digits
+    return load_span_f1().compute(
+        predictions=[encode_spans(p) for p in pred_spans], references=[encode_spans(g) for g in gold_spans], digits=digits
     )

@@ -94,7 +94,7 @@ class TaggingCodec:
             for t, (s, e) in enumerate(offsets):
                 if e > s:  # special tokens and a bare '▁' cover nothing; later tokens win
                     char_token[s:e] = t
-            _fill_gaps(char_token, truncated=len(ids) >= self.max_length)
+            _fill_gaps(char_token, text)
             char_slot = _slots_of(char_token, self.slots)
             labels = None
             if examples is not None:
@@ -143,24 +143,33 @@ class TaggingCodec:
         return self._constraints
 
     def alignment_stats(self, texts: list[str], examples: list[Example]) -> dict:
-        """How many gold spans survive encode -> decode (tokenization, slots, truncation)."""
-        encoded = self.encode(texts, examples)
-        lost = total = chars = tokens = 0
-        for text, ex, enc in zip(texts, examples, encoded):
-            gold = {s for s in ex.spans if f"B-{s.label}" in self.label_index}
-            labels = np.where(enc.labels == IGNORE, 0, enc.labels)
-            back = set(self.decode(text, enc, labels))
-            lost += len(gold - back)
-            total += len(gold)
-            chars += len(text)
-            tokens += len(enc.input_ids)
+        """How many gold spans survive encode -> decode (tokenization, slots, truncation),
+        beside what one label per token would lose and what one token per character costs."""
+        lost, total, tokens = self._spans_lost(texts, examples)
+        one_slot = self if self.slots == 1 else TaggingCodec(self.tokenizer, self.types, 1, self.max_length)
+        lost_one, _, _ = one_slot._spans_lost(texts, examples)
+        char_split = self.tokenizer([list(t) for t in texts], is_split_into_words=True)["input_ids"]
+        chars = max(sum(len(t) for t in texts), 1)
         return {
             "spans": total,
             "spans_lost": lost,
             "spans_lost_pct": round(100.0 * lost / max(total, 1), 3),
-            "tokens_per_char": round(tokens / max(chars, 1), 4),
             "slots": self.slots,
+            "tokens_per_char": round(tokens / chars, 4),
+            "one_label_per_token_spans_lost_pct": round(100.0 * lost_one / max(total, 1), 3),
+            "one_token_per_char_tokens_per_char": round(sum(map(len, char_split)) / chars, 4),
         }
+
+    def _spans_lost(self, texts: list[str], examples: list[Example]) -> tuple[int, int, int]:
+        """(gold spans lost, gold spans, tokens) after encode -> decode of the gold labels."""
+        lost = total = tokens = 0
+        for text, ex, enc in zip(texts, examples, self.encode(texts, examples)):
+            gold = {s for s in ex.spans if f"B-{s.label}" in self.label_index}
+            labels = np.where(enc.labels == IGNORE, 0, enc.labels)
+            lost += len(gold - set(self.decode(text, enc, labels)))
+            total += len(gold)
+            tokens += len(enc.input_ids)
+        return lost, total, tokens
 
 
 def viterbi(log_probs: np.ndarray, allowed: np.ndarray, allowed_first: np.ndarray) -> np.ndarray:
@@ -184,12 +193,14 @@ def viterbi(log_probs: np.ndarray, allowed: np.ndarray, allowed_first: np.ndarra
     return out
 
 
-def _fill_gaps(char_token: np.ndarray, truncated: bool) -> None:
+def _fill_gaps(char_token: np.ndarray, text: str) -> None:
     """Characters no token covers (spaces folded into '▁', dropped control characters)
-    belong to the next covered character's token, or the previous one at the end."""
+    belong to the next covered character's token, or the previous one at the end. Text cut
+    off by truncation (anything but blanks after the last token) stays at -1."""
     n = len(char_token)
     nxt = -1
     last_covered = max((i for i in range(n) if char_token[i] >= 0), default=-1)
+    truncated = bool(text[last_covered + 1 :].strip())
     for i in range(n - 1, -1, -1):
         if char_token[i] >= 0:
             nxt = char_token[i]
@@ -235,7 +246,10 @@ def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> torch.Tensor:
-    """Cross-entropy over every (token, slot) that holds a character."""
+    """Cross-entropy over every (token, slot) that holds a character (0 for a batch of
+    empty titles, where the mean over no targets would be NaN)."""
+    if not (labels != IGNORE).any():
+        return logits.sum() * 0.0
     return torch.nn.functional.cross_entropy(
         logits.reshape(-1, num_labels).float(), labels.reshape(-1), ignore_index=IGNORE
     )
