@@ -115,7 +115,8 @@ def run_ours(recipe: str, data_root: Path, max_train: int | None, overrides: lis
         m = json.loads(Path(tmp, "out", "metrics.json").read_text())
     return {"test_micro_f1": m["test_micro_f1"], "test_macro_f1": m["test_macro_f1"],
             "train_titles_per_s": m["train_titles_per_s"], "train_seconds": m["train_seconds"],
-            "parameters": m["parameters"], "alignment": m["alignment"], "history": m["history"]}
+            "parameters": m["parameters"], "alignment": m["alignment"], "history": m["history"],
+            "peak_memory_mb": m["peak_memory_mb"], "eval_titles_per_s": m["eval_titles_per_s"]}
 
 
 def main() -> None:

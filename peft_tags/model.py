@@ -24,6 +24,8 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=".*were not initialized from the model checkpoint.*")
+    # raised inside transformers when peft wraps a model; nothing a user can act on
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient_checkpointing.*")
 
 
 def load_tokenizer(backbone_dir: str):
@@ -72,28 +74,23 @@ def is_head_param(name: str) -> bool:
 
 
 def parameter_counts(model) -> dict:
-    """Trainable parameters split into adapter and head, and their share of all parameters.
+    """Trainable parameters split into adapter (added by a peft method), backbone (original
+    weights left trainable, as in full fine-tuning) and head, and their share of all.
 
     peft keeps a frozen copy of a saved module (``original_module``); it is not counted.
     """
-    adapter = head = total = 0
+    counts = {"adapter": 0, "backbone": 0, "head": 0}
+    total = 0
+    added_by_peft = hasattr(model, "peft_config")
     for name, p in model.named_parameters():
         if "original_module" in name:
             continue
         total += p.numel()
         if p.requires_grad:
-            if is_head_param(name):
-                head += p.numel()
-            else:
-                adapter += p.numel()
-    trainable = adapter + head
-    return {
-        "adapter": adapter,
-        "head": head,
-        "trainable": trainable,
-        "all": total,
-        "trainable_pct": round(100.0 * trainable / total, 4),
-    }
+            kind = "head" if is_head_param(name) else ("adapter" if added_by_peft else "backbone")
+            counts[kind] += p.numel()
+    trainable = sum(counts.values())
+    return {**counts, "trainable": trainable, "all": total, "trainable_pct": round(100.0 * trainable / total, 4)}
 
 
 def _first_line(e: Exception) -> str:

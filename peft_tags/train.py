@@ -176,9 +176,9 @@ class TrainRun:
         check_max_length(model, r.backbone.max_length)
         model = apply_method(model, r.method.name, r.method.options)
         self.params = parameter_counts(model)
-        log.info("trainable parameters: adapter %s + head %s = %s of %s (%.3f%%)",
-                 f"{self.params['adapter']:,}", f"{self.params['head']:,}", f"{self.params['trainable']:,}",
-                 f"{self.params['all']:,}", self.params["trainable_pct"])
+        p = self.params
+        log.info("trainable parameters: adapter %s + backbone %s + head %s = %s of %s (%.3f%%)", f"{p['adapter']:,}",
+                 f"{p['backbone']:,}", f"{p['head']:,}", f"{p['trainable']:,}", f"{p['all']:,}", p["trainable_pct"])
         lengths = [len(e.input_ids) for e in self.encoded["train"]]
         self.sampler = LengthBucketBatches(lengths, t.batch_size, t.seed, t.length_bucketing)
         loader = torch.utils.data.DataLoader(self.encoded["train"], batch_sampler=self.sampler,
@@ -556,7 +556,7 @@ def model_card(recipe: Recipe, m: dict) -> str:
         "| | |", "|---|---|",
         f"| task | character-span tagging (BIO), {recipe.task.slots} label slots per token |",
         f"| data | train `{recipe.data.train}`, dev `{recipe.data.dev}`, test `{recipe.data.test}` |",
-        f"| trainable parameters | adapter {p['adapter']:,} + head {p['head']:,} = {p['trainable']:,} ({p['trainable_pct']}% of {p['all']:,}) |",
+        f"| trainable parameters | adapter {p['adapter']:,} + backbone {p['backbone']:,} + head {p['head']:,} = {p['trainable']:,} ({p['trainable_pct']}% of {p['all']:,}) |",
         f"| test micro P / R / F1 | {test.get('micro_precision', float('nan')):.4f} / {test.get('micro_recall', float('nan')):.4f} / {test.get('micro_f1', float('nan')):.4f} |",
         f"| test macro F1 | {test.get('macro_f1', float('nan')):.4f} |",
         f"| best dev epoch | {m['best']['epoch'] if m['best'] else '-'} |",

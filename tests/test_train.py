@@ -47,7 +47,7 @@ def test_metrics_report_scores_parameters_and_speed(lora_run):
     # LoRA r=4 on query and value of 2 layers, hidden 32: r * (d_in + d_out) per matrix
     assert p["adapter"] == 2 * 2 * 4 * (32 + 32)
     assert p["head"] == 32 * m_outputs(lora_run) + m_outputs(lora_run)
-    assert p["trainable"] == p["adapter"] + p["head"]
+    assert p["backbone"] == 0 and p["trainable"] == p["adapter"] + p["head"]
     assert 0 < p["trainable_pct"] < 100
     assert m["train_titles_per_s"] > 0 and m["peak_memory_mb"] > 0
     assert [h["epoch"] for h in m["history"]] == [1, 2, 3, 4]
@@ -111,10 +111,11 @@ def test_other_methods_train_and_reload(method, tmp_path, tiny_backbone, toy_dat
     assert cli_main(["train", str(recipe)]) == 0
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     if method == "head-only":
-        assert m["parameters"]["adapter"] == 0
+        assert m["parameters"]["adapter"] == m["parameters"]["backbone"] == 0
         assert not (tmp_path / "out" / "adapter_config.json").exists()
     else:
         assert m["parameters"]["trainable"] == m["parameters"]["all"]
+        assert m["parameters"]["adapter"] == 0 and m["parameters"]["backbone"] > 0
         assert (tmp_path / "out" / "model" / "config.json").is_file()
     tagger = Tagger.load(tmp_path / "out")
     assert len(tagger.tag(["华为黑色手机壳"])) == 1
