@@ -210,21 +210,22 @@ def _fill_gaps(char_token: np.ndarray, text: str) -> None:
             char_token[i] = char_token[last_covered]
 
 
-def _slots_of(char_token: np.ndarray, slots: int) -> np.ndarray:
-    slot = np.zeros(len(char_token), dtype=np.int64)
-    for i in range(1, len(char_token)):
-        if char_token[i] >= 0 and char_token[i] == char_token[i - 1]:
-            slot[i] = slot[i - 1] + 1
-    return np.minimum(slot, slots - 1)
-
-
-def _past_last_slot(char_token: np.ndarray, slots: int) -> np.ndarray:
-    """True for characters at position >= slots inside their token."""
+def _positions_in_token(char_token: np.ndarray) -> np.ndarray:
+    """Index of each character inside its token (0 for the token's first character)."""
     pos = np.zeros(len(char_token), dtype=np.int64)
     for i in range(1, len(char_token)):
         if char_token[i] >= 0 and char_token[i] == char_token[i - 1]:
             pos[i] = pos[i - 1] + 1
-    return pos >= slots
+    return pos
+
+
+def _slots_of(char_token: np.ndarray, slots: int) -> np.ndarray:
+    return np.minimum(_positions_in_token(char_token), slots - 1)
+
+
+def _past_last_slot(char_token: np.ndarray, slots: int) -> np.ndarray:
+    """True for characters at position >= slots inside their token."""
+    return _positions_in_token(char_token) >= slots
 
 
 def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
