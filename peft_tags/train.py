@@ -375,7 +375,7 @@ class TrainRun:
     # ------------------------------------------------------------------ save
     def save(self) -> Path:
         """Restore the best-on-dev weights, score test, and publish the output directory."""
-        acc, st = self.acc, self.state
+        acc = self.acc
         model = acc.unwrap_model(self.model)
         best = self.work / "best.pt"
         acc.wait_for_everyone()
