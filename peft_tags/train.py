@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .backbones import resolve_backbone
 from .data import label_set, read_examples, resolve_data_path
 from .errors import UserError
 from .metrics import span_f1
@@ -102,6 +103,14 @@ def _trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+@torch.no_grad()
+def _load_trainable(model, state: dict[str, torch.Tensor]) -> None:
+    """Copy a ``_trainable_state`` back into the model's parameters."""
+    for n, p in model.named_parameters():
+        if n in state:
+            p.copy_(state[n])
+
+
 def _rng_state() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
@@ -128,15 +137,16 @@ class TrainRun:
         from accelerate.utils import set_seed
 
         r, t = self.recipe, self.recipe.training
-        _configure_logging(int(os.environ.get("RANK", "0")) == 0)
+        main = int(os.environ.get("RANK", "0")) == 0  # before the Accelerator exists
+        _configure_logging(main)
         quiet_transformers()
         # everything a user can get wrong is checked before anything is written
         self._check_output_dir()
-        backbone = _resolve_backbone(r)
+        backbone = resolve_backbone(r.backbone.name, r.backbone.cache_dir)
         tokenizer = load_tokenizer(backbone)
         self.data = self._load_data()
 
-        if int(os.environ.get("RANK", "0")) == 0:
+        if main:
             self._clear_leftovers()
         precision, why = choose_precision(t.mixed_precision)
         self.acc = Accelerator(
@@ -160,7 +170,8 @@ class TrainRun:
         r = self.recipe
         self.codec = TaggingCodec(tokenizer, self.types, r.task.slots, r.backbone.max_length)
         self.encoded = {k: self.codec.encode([e.text for e in v], v) for k, v in self.data.items()}
-        self.alignment = {k: self.codec.alignment_stats([e.text for e in v], v) for k, v in self.data.items() if k != "train"}
+        self.alignment = {k: self.codec.alignment_stats([e.text for e in v], v, self.encoded[k])
+                          for k, v in self.data.items() if k != "train"}
         for split, st in self.alignment.items():
             log.info("%s: %d spans, %d (%.2f%%) lost to tokenization with %d slot(s) per token at %.3f tokens/char "
                      "(one label per token: %.2f%% lost; one token per character: %.3f tokens/char)",
@@ -355,10 +366,7 @@ class TrainRun:
         missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
         if missing:
             raise UserError(f"training.resume: checkpoint in '{ckpt}' does not match this recipe (no '{missing[0]}')")
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if n in state:
-                    p.copy_(state[n])
+        _load_trainable(model, state)
         optim = torch.load(ckpt / "optim.pt", weights_only=False)
         self.optimizer.optimizer.load_state_dict(optim["optimizer"])
         self.scheduler.load_state_dict(optim["scheduler"])
@@ -380,11 +388,7 @@ class TrainRun:
         best = self.work / "best.pt"
         acc.wait_for_everyone()
         if best.is_file():
-            state = torch.load(best, weights_only=True)
-            with torch.no_grad():
-                for n, p in model.named_parameters():
-                    if n in state:
-                        p.copy_(state[n])
+            _load_trainable(model, torch.load(best, weights_only=True))
         tick = time.perf_counter()
         results = {split: self.evaluate(split) for split in ("dev", "test") if split in self.data}
         eval_seconds = time.perf_counter() - tick
@@ -488,12 +492,6 @@ def run(recipe: Recipe) -> Path:
 
 
 # ----------------------------------------------------------------------------- small helpers
-def _resolve_backbone(recipe: Recipe) -> str:
-    from .backbones import resolve_backbone
-
-    return resolve_backbone(recipe.backbone.name, recipe.backbone.cache_dir)
-
-
 def _fingerprint(recipe: Recipe) -> dict:
     """What a checkpoint must agree with to be resumed: the recipe less resume/overwrite."""
     d = recipe_to_dict(recipe)

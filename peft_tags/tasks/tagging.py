@@ -142,10 +142,11 @@ class TaggingCodec:
             self._constraints = (allowed, first)
         return self._constraints
 
-    def alignment_stats(self, texts: list[str], examples: list[Example]) -> dict:
+    def alignment_stats(self, texts: list[str], examples: list[Example], encoded: list[Encoded] | None = None) -> dict:
         """How many gold spans survive encode -> decode (tokenization, slots, truncation),
-        beside what one label per token would lose and what one token per character costs."""
-        lost, total, tokens = self._spans_lost(texts, examples)
+        beside what one label per token would lose and what one token per character costs.
+        ``encoded``: this codec's ``encode(texts, examples)``, when the caller has it already."""
+        lost, total, tokens = self._spans_lost(texts, examples, encoded)
         one_slot = self if self.slots == 1 else TaggingCodec(self.tokenizer, self.types, 1, self.max_length)
         lost_one, _, _ = one_slot._spans_lost(texts, examples)
         char_split = self.tokenizer([list(t) for t in texts], is_split_into_words=True)["input_ids"]
@@ -160,10 +161,11 @@ class TaggingCodec:
             "one_token_per_char_tokens_per_char": round(sum(map(len, char_split)) / chars, 4),
         }
 
-    def _spans_lost(self, texts: list[str], examples: list[Example]) -> tuple[int, int, int]:
+    def _spans_lost(self, texts: list[str], examples: list[Example],
+                    encoded: list[Encoded] | None = None) -> tuple[int, int, int]:
         """(gold spans lost, gold spans, tokens) after encode -> decode of the gold labels."""
         lost = total = tokens = 0
-        for text, ex, enc in zip(texts, examples, self.encode(texts, examples)):
+        for text, ex, enc in zip(texts, examples, encoded or self.encode(texts, examples)):
             gold = {s for s in ex.spans if f"B-{s.label}" in self.label_index}
             labels = np.where(enc.labels == IGNORE, 0, enc.labels)
             lost += len(gold - set(self.decode(text, enc, labels)))
