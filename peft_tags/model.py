@@ -41,29 +41,75 @@ def load_tokenizer(backbone_dir: str):
     return tok
 
 
-def build_token_classifier(backbone_dir: str, num_outputs: int, seed: int):
-    """A stock ``AutoModelForTokenClassification`` with ``num_outputs`` logits per token."""
+def build_token_classifier(backbone_dir: str, num_outputs: int, seed: int, quantization: str = "none",
+                           double_quantization: bool = True, compute_dtype: str = "float32"):
+    """A stock ``AutoModelForTokenClassification`` with ``num_outputs`` logits per token.
+
+    ``quantization`` (nf4, fp4, int8) loads the frozen backbone through bitsandbytes; the
+    head stays in full precision."""
     from transformers import AutoModelForTokenClassification
 
     torch.manual_seed(seed)  # the head's initialisation
+    kwargs = {}
+    if quantization != "none":
+        kwargs = {"quantization_config": quantization_config(quantization, double_quantization, compute_dtype),
+                  "device_map": {"": torch.cuda.current_device()} if torch.cuda.is_available() else "cpu"}
     try:
         model = AutoModelForTokenClassification.from_pretrained(
-            backbone_dir, num_labels=num_outputs, attn_implementation="sdpa"
+            backbone_dir, num_labels=num_outputs, attn_implementation="sdpa", **kwargs
         )
     except (OSError, ValueError) as e:
         raise UserError(f"backbone.name: cannot load '{backbone_dir}': {_first_line(e)}") from None
+    if quantization != "none":
+        from peft import prepare_model_for_kbit_training
+
+        # frozen weights stay quantised; layer norms and the head in float32 (no gradient checkpointing:
+        # it trades time for memory, and these backbones are small)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
 
 
+def quantization_config(quantization: str, double_quantization: bool, compute_dtype: str):
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("backbone.quantization: needs bitsandbytes (pip install 'peft-tags[quantization]')") from None
+    from transformers import BitsAndBytesConfig
+
+    skip = [HEAD_NAME]  # the task head is trained in full precision
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantization,
+                              bnb_4bit_use_double_quant=double_quantization,
+                              bnb_4bit_compute_dtype=getattr(torch, compute_dtype), llm_int8_skip_modules=skip)
+
+
 def check_max_length(model, max_length: int) -> None:
-    """backbone.max_length must fit the backbone's position embeddings."""
+    """backbone.max_length (plus any virtual tokens of prompt tuning) must fit the position embeddings."""
     limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is not None and max_length > limit:
-        raise UserError(f"backbone.max_length: {max_length} is longer than this backbone's {limit} positions")
+    virtual = _input_virtual_tokens(model)
+    if limit is not None and max_length + virtual > limit:
+        extra = f" plus {virtual} virtual tokens of method.num_virtual_tokens" if virtual else ""
+        raise UserError(f"backbone.max_length: {max_length}{extra} is longer than this backbone's {limit} positions")
 
 
-def apply_method(model, method_name: str, options):
-    model = methods.get(method_name).apply(model, options, HEAD_NAME)
+def _input_virtual_tokens(model) -> int:
+    """Virtual tokens a peft prompt method puts in front of the input (not prefix tuning's)."""
+    config = getattr(model, "peft_config", {}).get("default")
+    if config is None or not getattr(config, "is_prompt_learning", False) or config.peft_type == "PREFIX_TUNING":
+        return 0
+    return config.num_virtual_tokens
+
+
+def token_logits(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """The logits of the real tokens: prompt methods prepend virtual positions to the output."""
+    return logits[:, logits.shape[1] - input_ids.shape[1]:] if logits.shape[1] != input_ids.shape[1] else logits
+
+
+def apply_method(model, method_name: str, options, total_steps: int = 0):
+    from .methods import Context
+
+    model = methods.get(method_name).apply(model, options, Context(head_name=HEAD_NAME, total_steps=total_steps))
     if not any(p.requires_grad for p in model.parameters()):
         raise UserError(f"method '{method_name}' left no trainable parameter")
     return model
@@ -85,10 +131,12 @@ def parameter_counts(model) -> dict:
     for name, p in model.named_parameters():
         if "original_module" in name:
             continue
-        total += p.numel()
+        quant = getattr(p, "quant_state", None)  # a bitsandbytes 4-bit weight stores two values per byte
+        n = quant.shape.numel() if quant is not None else p.numel()
+        total += n
         if p.requires_grad:
             kind = "head" if is_head_param(name) else ("adapter" if added_by_peft else "backbone")
-            counts[kind] += p.numel()
+            counts[kind] += n
     trainable = sum(counts.values())
     return {**counts, "trainable": trainable, "all": total, "trainable_pct": round(100.0 * trainable / total, 4)}
 

@@ -17,6 +17,7 @@ import torch
 
 from .data import normalize_text
 from .errors import UserError
+from .model import token_logits
 from .tasks.tagging import Encoded, TaggingCodec, collate
 
 OUTPUT_FILES = ("labels.json", "recipe.yaml", "head.safetensors")
@@ -45,7 +46,8 @@ def predict_log_probs(model, codec: TaggingCodec, encoded: list[Encoded], batch_
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
         batch = collate([Encoded(encoded[i].input_ids, encoded[i].char_token, encoded[i].char_slot, None) for i in idx], pad)
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        input_ids = batch["input_ids"].to(device)
+        logits = token_logits(model(input_ids=input_ids, attention_mask=batch["attention_mask"].to(device)).logits, input_ids)
         lp = torch.log_softmax(logits.float().reshape(*logits.shape[:2], codec.slots, n_labels), -1).cpu().numpy()
         for row, i in enumerate(idx):
             out[i] = lp[row, : len(encoded[i].input_ids)]
@@ -80,10 +82,12 @@ class Tagger:
         backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.cache_dir)
         codec = TaggingCodec(load_tokenizer(backbone), meta["types"], meta["slots"], meta["max_length"])
         with torch.random.fork_rng(devices=[]):  # building a model seeds torch; not the caller's RNG
-            model = _build(out, method, backbone, codec.num_outputs)
+            model = _build(out, recipe, backbone, codec.num_outputs)
         _load_head(model, out / "head.safetensors", HEAD_NAME)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model.to(device).eval()
+        if recipe.backbone.quantization == "none":  # a quantised model was placed when it was loaded
+            model.to(device)
+        model.eval()
         return cls(model, codec, recipe, device)
 
     def tag(self, titles: list[str], batch_size: int = 32) -> list[list[Tag]]:
@@ -114,16 +118,25 @@ METHOD_FILES = {
 }
 
 
-def _build(out: Path, method: str, backbone: str, num_outputs: int):
+def _build(out: Path, recipe, backbone: str, num_outputs: int):
+    from . import methods
     from .model import build_token_classifier
 
+    method, b = recipe.method.name, recipe.backbone
     if method == "full":  # the whole fine-tuned model
         return build_token_classifier(str(out / "model"), num_outputs, seed=0)
-    model = build_token_classifier(backbone, num_outputs, seed=0)
+    model = build_token_classifier(backbone, num_outputs, 0, b.quantization, b.double_quantization, b.compute_dtype)
     if method != "head-only":
+        import importlib
+
         from peft import PeftModel
 
+        importlib.import_module("peft_tags.bottleneck")  # registers the BOTTLENECK peft type
+
         model = PeftModel.from_pretrained(model, str(out))
+        hook = methods.get(method).on_load
+        if hook is not None:
+            model = hook(model)
     return model
 
 

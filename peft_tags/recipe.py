@@ -30,6 +30,8 @@ DATA_FORMATS = ("conll", "jsonl", "attribute-value")
 SCHEDULES = ("linear", "cosine", "constant")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 LOG_WITH = ("tensorboard", "none")
+QUANTIZATION = ("none", "nf4", "fp4", "int8")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 #: method column of a :func:`list_recipes` row for a file that does not load
 ERROR_MARK = "!error"
@@ -67,6 +69,11 @@ class BackboneSection:
     name: str = _f(help="backbone: an alias (me5-small, minilm-l6), a Hugging Face hub id, or a local directory")
     cache_dir: str | None = _f(None, "conversion cache; null -> $PEFT_TAGS_CACHE or ~/.cache/peft-tags")
     max_length: int = _f(160, "maximum sequence length in tokens (>= 8); longer inputs are cut", ge=8)
+    quantization: str = _f("none", "load the frozen backbone quantised through bitsandbytes (QLoRA): "
+                           + ", ".join(QUANTIZATION), choices=QUANTIZATION)
+    double_quantization: bool = _f(True, "4-bit only: quantise the quantisation constants too")
+    compute_dtype: str = _f("float32", "4-bit only: dtype the de-quantised weights compute in: " + ", ".join(COMPUTE_DTYPES),
+                            choices=COMPUTE_DTYPES)
 
     def check(self) -> list[tuple[str, str]]:
         return [("name", "must not be empty")] if not self.name.strip() else []
@@ -104,7 +111,7 @@ class DataSection:
 
 @dataclass
 class MethodSection:
-    name: str = _f(help="fine-tuning method (a key of peft_tags.methods.REGISTRY); "
+    name: str = _f(help="fine-tuning method (peft_tags.methods.names(): ours, or any peft method by its peft name); "
                         "the other keys of this section are its options")
     options: Any = _f(None, "the method's options dataclass instance")
 
@@ -161,6 +168,9 @@ class Recipe:
     def check(self) -> list[tuple[str, str]]:
         """Cross-section checks: (dotted key, problem) pairs."""
         problems = []
+        if self.backbone.quantization != "none" and self.method.name == "full":
+            problems.append(("backbone.quantization", "a quantised backbone is frozen; it cannot be combined with "
+                                                      "method 'full' (use lora, or quantization: none)"))
         if self.training.resume and self.output.overwrite:
             problems.append(("training.resume", "cannot be combined with output.overwrite: true "
                                                 "(overwrite would delete the run to resume)"))
@@ -425,13 +435,18 @@ def _build_method(raw: Any, problems: _Problems):
     if not isinstance(name, str):
         problems.add("method.name", f"method.name: expected a string, got {_show(name)}")
         return None
-    if name not in methods.REGISTRY:
-        known = sorted(methods.REGISTRY)
-        hint = _suggest(name, known)
+    method = methods.lookup(name)
+    if method is None:
+        from .methods import peft_any
+
+        ours = sorted(methods.REGISTRY)
+        hint = peft_any.ours_for(name) or _suggest(name, methods.names())
         problems.add("method.name", f"method.name: unknown method '{name}'"
-                     + (f" (did you mean '{hint}'?)" if hint else "") + f"; choose from {', '.join(known)}")
+                     + (f" (did you mean '{hint}'?)" if hint else "")
+                     + f"; choose from {', '.join(ours)}, or another peft method by its peft name "
+                       f"({', '.join(n for n in peft_any.names() if n not in ours)})")
         return None
-    options_cls = methods.REGISTRY[name].options_cls
+    options_cls = method.options_cls
     opts = {k: v for k, v in raw.items() if k != "name"}
     takes_none = name if not dataclasses.fields(options_cls) else None
     options = _build(options_cls, opts, "method", problems, extra_keys=("name",), no_options_of=takes_none)

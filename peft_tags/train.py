@@ -26,8 +26,9 @@ from .backbones import resolve_backbone
 from .data import label_set, read_examples, resolve_data_path
 from .errors import UserError
 from .metrics import span_f1
+from . import methods
 from .model import (HEAD_NAME, apply_method, build_token_classifier, check_max_length, is_head_param,
-                    load_tokenizer, parameter_counts, quiet_transformers)
+                    load_tokenizer, parameter_counts, quiet_transformers, token_logits)
 from .predict import head_module, predict_log_probs
 from .recipe import Recipe, dump_recipe, recipe_to_dict
 from .tasks.tagging import TaggingCodec, collate, loss_fn
@@ -183,22 +184,28 @@ class TrainRun:
         from transformers import get_scheduler
 
         r, t = self.recipe, self.recipe.training
-        model = build_token_classifier(backbone, self.codec.num_outputs, t.seed)
+        b = r.backbone
+        model = build_token_classifier(backbone, self.codec.num_outputs, t.seed, b.quantization, b.double_quantization,
+                                       b.compute_dtype)
+        self.method = methods.get(r.method.name)
+        lengths = [len(e.input_ids) for e in self.encoded["train"]]
+        self.sampler = LengthBucketBatches(lengths, t.batch_size, t.seed, t.length_bucketing)
+        # 3314 titles / 16 per batch = 208 batches, split over the processes; / grad_accum = optimizer steps
+        self.steps_per_epoch = math.ceil(math.ceil(len(self.sampler) / self.acc.num_processes) / t.grad_accum)
+        self.total_steps = self.steps_per_epoch * t.epochs
+        model = apply_method(model, r.method.name, r.method.options, total_steps=self.total_steps)
         check_max_length(model, r.backbone.max_length)
-        model = apply_method(model, r.method.name, r.method.options)
         self.params = parameter_counts(model)
         p = self.params
         log.info("trainable parameters: adapter %s + backbone %s + head %s = %s of %s (%.3f%%)", f"{p['adapter']:,}",
                  f"{p['backbone']:,}", f"{p['head']:,}", f"{p['trainable']:,}", f"{p['all']:,}", p["trainable_pct"])
-        lengths = [len(e.input_ids) for e in self.encoded["train"]]
-        self.sampler = LengthBucketBatches(lengths, t.batch_size, t.seed, t.length_bucketing)
         loader = torch.utils.data.DataLoader(self.encoded["train"], batch_sampler=self.sampler,
                                              collate_fn=lambda b: collate(b, pad_id))
         optimizer = torch.optim.AdamW(self._param_groups(model), lr=t.lr)
         self.model, self.optimizer, self.loader = self.acc.prepare(model, optimizer, loader)
-        # 3314 titles / 16 per batch = 208 batches per process; / grad_accum = optimizer steps
-        self.steps_per_epoch = math.ceil(len(self.loader) / t.grad_accum)
-        self.total_steps = self.steps_per_epoch * t.epochs
+        if math.ceil(len(self.loader) / t.grad_accum) != self.steps_per_epoch:  # the schedule AdaLoRA was given
+            raise RuntimeError(f"{len(self.loader)} batches per process after sharding; expected "
+                               f"{self.steps_per_epoch * t.grad_accum}")
         # stepped by hand once per optimizer step, so it is not handed to prepare()
         name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[t.schedule]
         self.scheduler = get_scheduler(name, self.optimizer.optimizer, num_warmup_steps=int(t.warmup_ratio * self.total_steps),
@@ -265,6 +272,8 @@ class TrainRun:
                  t.epochs, self.steps_per_epoch, t.batch_size, t.grad_accum, acc.num_processes)
         bar = tqdm(total=self.total_steps, initial=st["step"], disable=not acc.is_local_main_process, desc="train", unit="step")
         fault_at = int(os.environ.get("PEFT_TAGS_FAULT_AT_STEP", "0"))  # tests: simulate a crash
+        unwrapped = acc.unwrap_model(self.model)
+        regularizer, on_step = self.method.regularizer, self.method.on_step
         for epoch in range(st["epoch"], t.epochs):
             loader = acc.skip_first_batches(self.loader, st["batch_in_epoch"]) if st["batch_in_epoch"] else self.loader
             # accelerate's loaders count their own iterations and pass them to the sampler as the
@@ -276,11 +285,16 @@ class TrainRun:
             for batch in _batches(loader):
                 with acc.accumulate(self.model):
                     logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                    loss = loss_fn(logits, batch["labels"], n_labels)
+                    loss = loss_fn(token_logits(logits, batch["input_ids"]), batch["labels"], n_labels)
+                    if regularizer is not None:
+                        extra = regularizer(unwrapped)
+                        loss = loss if extra is None else loss + extra
                     acc.backward(loss)
                     if acc.sync_gradients and t.max_grad_norm:
                         acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
                     self.optimizer.step()
+                    if acc.sync_gradients and on_step is not None and not self.optimizer.step_was_skipped:
+                        on_step(unwrapped, st["step"] + 1)  # AdaLoRA: after the step, before zero_grad
                     self.optimizer.zero_grad(set_to_none=True)
                 st["batch_in_epoch"] += 1
                 n = torch.tensor(len(batch["input_ids"]), device=acc.device)
@@ -317,7 +331,7 @@ class TrainRun:
         if improved:
             st["best"] = {"epoch": epoch, "step": st["step"], "micro_f1": scores["micro_f1"]}
             if self.acc.is_main_process:
-                _atomic_torch_save(_trainable_state(self.acc.unwrap_model(self.model)), self.work / "best.pt")
+                _atomic_torch_save(self._weights(), self.work / "best.pt")
 
     def evaluate(self, split: str) -> dict:
         """Span F1 on a split; each process predicts a shard, the main process scores all."""
@@ -334,6 +348,17 @@ class TrainRun:
         return span_f1([p for _, p in preds], [e.spans for e in examples])
 
     # ------------------------------------------------------------------ checkpoints
+    def _weights(self) -> dict:
+        """Trainable weights and the method's own state (AdaLoRA: scores and rank pattern)."""
+        model = self.acc.unwrap_model(self.model)
+        return {"params": _trainable_state(model), "method": self.method.state(model) if self.method.state else None}
+
+    def _load_weights(self, weights: dict) -> None:
+        model = self.acc.unwrap_model(self.model)
+        _load_trainable(model, weights["params"])
+        if self.method.load_state and weights.get("method") is not None:
+            self.method.load_state(model, weights["method"])
+
     def _checkpoint(self) -> None:
         """Trainable weights, optimizer, schedule, loss scale, RNG and loop state, written to
         ``checkpoint.tmp`` by every process and then swapped in by the main one."""
@@ -347,7 +372,7 @@ class TrainRun:
         torch.save(_rng_state(), tmp / f"rng{acc.process_index}.pt")  # dropout differs per rank
         acc.wait_for_everyone()
         if acc.is_main_process:
-            torch.save(_trainable_state(acc.unwrap_model(self.model)), tmp / "trainable.pt")
+            torch.save(self._weights(), tmp / "trainable.pt")
             torch.save({"optimizer": self.optimizer.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                         "scaler": acc.scaler.state_dict() if acc.scaler is not None else None}, tmp / "optim.pt")
             (tmp / "state.json").write_text(json.dumps(self.state, indent=1))
@@ -361,12 +386,12 @@ class TrainRun:
 
     def _restore(self) -> None:
         ckpt = self.work / "checkpoint"
-        state = torch.load(ckpt / "trainable.pt", weights_only=True)
+        weights = torch.load(ckpt / "trainable.pt", weights_only=True)
         model = self.acc.unwrap_model(self.model)
-        missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights["params"]]
         if missing:
             raise UserError(f"training.resume: checkpoint in '{ckpt}' does not match this recipe (no '{missing[0]}')")
-        _load_trainable(model, state)
+        self._load_weights(weights)
         optim = torch.load(ckpt / "optim.pt", weights_only=False)
         self.optimizer.optimizer.load_state_dict(optim["optimizer"])
         self.scheduler.load_state_dict(optim["scheduler"])
@@ -388,7 +413,7 @@ class TrainRun:
         best = self.work / "best.pt"
         acc.wait_for_everyone()
         if best.is_file():
-            _load_trainable(model, torch.load(best, weights_only=True))
+            self._load_weights(torch.load(best, weights_only=True))
         tick = time.perf_counter()
         results = {split: self.evaluate(split) for split in ("dev", "test") if split in self.data}
         eval_seconds = time.perf_counter() - tick

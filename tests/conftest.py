@@ -54,6 +54,16 @@ def toy_data(tmp_path_factory) -> Path:
 def tiny_backbone(tmp_path_factory) -> Path:
     """A 2-layer, hidden-32 BERT with a SentencePiece-style unigram tokenizer that has
     multi-character pieces (so tokens straddle span boundaries, as with me5-small)."""
+    return make_tiny_backbone(tmp_path_factory.mktemp("tiny-bert"), hidden=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_64(tmp_path_factory) -> Path:
+    """The same with hidden size 64: bitsandbytes' CPU 4-bit kernels need rows of >= 64 values."""
+    return make_tiny_backbone(tmp_path_factory.mktemp("tiny-bert-64"), hidden=64)
+
+
+def make_tiny_backbone(out: Path, hidden: int) -> Path:
     from transformers import BertConfig, BertForTokenClassification
 
     from peft_tags.backbones import _e5_tokenizer
@@ -66,24 +76,33 @@ def tiny_backbone(tmp_path_factory) -> Path:
     pieces += [(p, -3.0) for p in ["手机", "机壳", "色手", "为黑", "新款", "包邮", "▁新", "20", "24"]]
     pieces.append(("<mask>", 0.0))
     tok = _e5_tokenizer(pieces, {"bos": 0, "eos": 2, "pad": 1, "unk": 3})
-    cfg = BertConfig(vocab_size=len(pieces), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128, pad_token_id=1)
+    cfg = BertConfig(vocab_size=len(pieces), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=2 * hidden, max_position_embeddings=128, pad_token_id=1)
     import torch
 
     torch.manual_seed(0)
     model = BertForTokenClassification(cfg)
-    out = tmp_path_factory.mktemp("tiny-bert")
     model.bert.save_pretrained(out)
     tok.save_pretrained(out)
     return out
 
 
-def write_recipe(path: Path, backbone: Path, data_root: Path, out: Path, method: str = "lora", **training) -> Path:
+def write_recipe(path: Path, backbone: Path, data_root: Path, out: Path, method: str = "lora", method_options=None,
+                 backbone_options=None, **training) -> Path:
+    """A recipe for the toy data; ``method_options`` (a dict) replaces the default options of ``method``."""
+    import json
+
     train = {"epochs": 3, "batch_size": 8, "lr": 5e-3, "head_lr": 1e-2, "log_with": "none", "seed": 7, **training}
-    method_block = "  name: lora\n  r: 4\n  alpha: 8\n  target_modules: [query, value]\n" if method == "lora" else f"  name: {method}\n"
+    if method_options is not None:
+        method_block = f"  name: {method}\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in method_options.items())
+    elif method == "lora":
+        method_block = "  name: lora\n  r: 4\n  alpha: 8\n  target_modules: [query, value]\n"
+    else:
+        method_block = f"  name: {method}\n"
+    extra_backbone = "".join(f"  {k}: {v}\n" for k, v in (backbone_options or {}).items())
     path.write_text(
         "backbone:\n"
-        f"  name: {backbone}\n  max_length: 64\n"
+        f"  name: {backbone}\n  max_length: 64\n{extra_backbone}"
         "task:\n  type: tagging\n  slots: 4\n"
         f"data:\n  root: {data_root}\n  format: conll\n  train: toy/train.txt\n  dev: toy/dev.txt\n  test: toy/test.txt\n"
         f"method:\n{method_block}"

@@ -1,8 +1,13 @@
 """The registry of fine-tuning methods.
 
 A method is an options dataclass (the keys a recipe may put under ``method:`` beside
-``name``) plus a function that turns a backbone-with-head into the model to train.
-Adding a method is a new module in this package and one ``register`` call.
+``name``) plus a function that turns a backbone-with-head into the model to train, and
+optional hooks into the training loop (AdaLoRA's budget allocator, a loss regulariser,
+extra checkpoint state, a fix-up after loading). Adding a method is a new module in this
+package and one ``register`` call.
+
+Any other peft method (LoHa, LoKr, VeRA, ...) is available by its peft name: its options are
+the fields of its peft config class (see :mod:`.peft_any`).
 """
 from __future__ import annotations
 
@@ -11,28 +16,60 @@ from typing import Callable
 
 
 @dataclass(frozen=True)
+class Context:
+    """What a method may need to know when it is applied."""
+
+    head_name: str  # the task head's module name; it trains with every method
+    total_steps: int = 0  # optimizer steps of the whole run (0: not training, e.g. loading)
+
+
+@dataclass(frozen=True)
 class Method:
     name: str
     options_cls: type
-    apply: Callable  # apply(model, options, head_module_name) -> model
+    apply: Callable  # apply(model, options, ctx: Context) -> model
     help: str
+    on_step: Callable | None = None  # on_step(model, step): after each optimizer step, before zero_grad
+    regularizer: Callable | None = None  # regularizer(model) -> scalar tensor added to the training loss
+    state: Callable | None = None  # state(model) -> dict kept with checkpoints and the best weights
+    load_state: Callable | None = None  # load_state(model, dict): the inverse of state
+    on_load: Callable | None = None  # on_load(model) -> model: after PeftModel.from_pretrained
 
 
 REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, options_cls: type, help: str):
+def register(name: str, options_cls: type, help: str, **hooks):
     """Decorator: register ``apply`` as the method ``name`` with its options dataclass."""
 
     def wrap(apply):
-        REGISTRY[name] = Method(name, options_cls, apply, help)
+        REGISTRY[name] = Method(name, options_cls, apply, help, **hooks)
         return apply
 
     return wrap
 
 
+def lookup(name: str) -> Method | None:
+    """The method called ``name``: one of ours, else a peft method by its peft name."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    from . import peft_any
+
+    return peft_any.method(name)
+
+
 def get(name: str) -> Method:
-    return REGISTRY[name]
+    method = lookup(name)
+    if method is None:
+        raise KeyError(name)
+    return method
 
 
-from . import lora, full, head_only  # noqa: E402,F401  (registration side effects)
+def names() -> list[str]:
+    """Every method name a recipe may use: ours first, then the other peft methods."""
+    from . import peft_any
+
+    return sorted(REGISTRY) + [n for n in peft_any.names() if n not in REGISTRY]
+
+
+from . import lora, adalora, ia3, bottleneck, prefix, prompt, full, head_only  # noqa: E402,F401  (registration)

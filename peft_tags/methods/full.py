@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import register
+from . import Context, register
 
 
 @dataclass
@@ -12,7 +12,7 @@ class FullOptions:
 
 
 @register("full", FullOptions, help="full fine-tuning of backbone and head")
-def apply(model, options: FullOptions, head_name: str):
+def apply(model, options: FullOptions, ctx: Context):
     for p in model.parameters():
         p.requires_grad_(True)
     return model

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import register
+from . import Context, register
 
 
 @dataclass
@@ -12,7 +12,7 @@ class HeadOnlyOptions:
 
 
 @register("head-only", HeadOnlyOptions, help="frozen backbone; only the task head trains")
-def apply(model, options: HeadOnlyOptions, head_name: str):
+def apply(model, options: HeadOnlyOptions, ctx: Context):
     for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith(head_name + ".") or name == head_name)
+        p.requires_grad_(name.startswith(ctx.head_name + ".") or name == ctx.head_name)
     return model

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import UserError
-from . import register
+from . import Context, register
+from ._common import get_peft_model
 
 
 @dataclass
@@ -32,23 +32,9 @@ class LoraOptions:
 
 
 @register("lora", LoraOptions, help="LoRA adapters (peft) on the chosen linear layers + trained head")
-def apply(model, options: LoraOptions, head_name: str):
-    from peft import LoraConfig, get_peft_model
+def apply(model, options: LoraOptions, ctx: Context):
+    from peft import LoraConfig
 
-    config = LoraConfig(
-        r=options.r,
-        lora_alpha=options.alpha,
-        lora_dropout=options.dropout,
-        target_modules=list(options.target_modules),
-        modules_to_save=[head_name],
-    )
-    try:
-        return get_peft_model(model, config)
-    except Exception as e:  # peft raises ValueError or NoMatchingPeftModuleError, by version
-        if "not found in the base model" not in str(e) and "No modules were targeted" not in str(e):
-            raise
-        import torch
-
-        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise UserError(f"method.target_modules: none of {list(options.target_modules)} is a layer of this backbone; "
-                        f"its linear layers are named {', '.join(names)}") from None
+    config = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
+                        target_modules=list(options.target_modules), modules_to_save=[ctx.head_name])
+    return get_peft_model(model, config)

@@ -1,0 +1,132 @@
+"""Prefix tuning for encoders: learned keys and values at every layer (P-tuning v2).
+
+peft's prefix tuning hands its prefixes to the backbone as ``past_key_values``; encoders of
+transformers 5 (BERT, XLM-R, ...) no longer take them, and peft refuses. We keep peft's
+config, prompt encoder and file format (``PeftModel.from_pretrained`` reads the adapter back)
+and deliver the prefixes through an attention function of our own instead: it prepends
+layer i's learned keys and values to the keys and values the backbone computes, and opens
+the attention mask for them. Every position of the title attends to the prefix; no position
+is added to the output, so the token-classification head sees the title's tokens only.
+
+A model loaded with plain peft needs :func:`enable` once before its first forward.
+"""
+from __future__ import annotations
+
+import contextvars
+import types
+from dataclasses import dataclass, field
+
+from ..errors import UserError
+from . import Context, register
+from ._common import allow_disable_adapter
+
+ATTENTION = "peft_tags_prefix"
+_PREFIX: contextvars.ContextVar = contextvars.ContextVar("peft_tags_prefix", default=None)
+
+
+@dataclass
+class PrefixOptions:
+    num_virtual_tokens: int = field(default=16, metadata={"help": "prefix length: learned key/value pairs per layer"})
+    prefix_projection: bool = field(default=False, metadata={
+        "help": "reparameterise the prefixes through a two-layer MLP while training (peft's prefix_projection)"})
+    encoder_hidden_size: int = field(default=512, metadata={"help": "hidden size of that MLP"})
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = []
+        if self.num_virtual_tokens < 1:
+            problems.append(("num_virtual_tokens", f"must be a positive integer, got {self.num_virtual_tokens}"))
+        if self.encoder_hidden_size < 1:
+            problems.append(("encoder_hidden_size", f"must be a positive integer, got {self.encoder_hidden_size}"))
+        return problems
+
+
+def _attention(module, query, key, value, attention_mask, **kwargs):
+    """sdpa attention with this layer's prefix keys and values in front of the title's."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    prefix = _PREFIX.get()
+    layer = getattr(module, "_peft_tags_layer", None)
+    if prefix is None or layer is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    batch, kv_heads, length, head_dim = key.shape
+    pk = prefix[2 * layer].to(key.dtype).reshape(kv_heads, -1, head_dim).expand(batch, -1, -1, -1)
+    pv = prefix[2 * layer + 1].to(value.dtype).reshape(kv_heads, -1, head_dim).expand(batch, -1, -1, -1)
+    n = pk.shape[2]
+    if attention_mask is None and getattr(module, "is_causal", False):  # a decoder: keep its causal pattern
+        q = query.shape[2]
+        attention_mask = torch.ones(q, length, dtype=torch.bool, device=query.device).tril(length - q)[None, None]
+    if attention_mask is not None:
+        open_ = (torch.ones if attention_mask.dtype == torch.bool else torch.zeros)(
+            *attention_mask.shape[:-1], n, dtype=attention_mask.dtype, device=attention_mask.device)
+        attention_mask = torch.cat([open_, attention_mask], dim=-1)
+    return sdpa_attention_forward(module, query, torch.cat([pk, key], 2), torch.cat([pv, value], 2), attention_mask,
+                                  **kwargs)
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    if ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(ATTENTION, _attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
+
+
+def _attention_modules(model) -> list:
+    """The self-attention modules of the backbone, in layer order."""
+    found = []
+    for _, m in model.named_modules():
+        names = set(dict(m.named_children()))
+        if {"query", "key", "value"} <= names or {"q_proj", "k_proj", "v_proj"} <= names:
+            found.append(m)
+    return found
+
+
+def _prefix_states(peft_model):
+    """[2 x layers, heads x prefix x head_dim]-shaped keys and values of the active adapter."""
+    name = peft_model.active_adapter
+    config = peft_model.peft_config[name]
+    tokens = peft_model.prompt_tokens[name][None, : config.num_virtual_tokens]
+    encoder = peft_model.prompt_encoder[name]
+    tokens = tokens.to(encoder.embedding.weight.device)
+    states = encoder(tokens)[0]  # [n, layers x 2 x token_dim]
+    n, heads = config.num_virtual_tokens, config.num_attention_heads
+    states = states.view(n, config.num_layers * 2, heads, -1)  # peft's layout of past_key_values
+    return states.permute(1, 2, 0, 3)  # [layers x 2, heads, n, head_dim]
+
+
+def _forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs):
+    token = _PREFIX.set(_prefix_states(self))
+    try:
+        return self.base_model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
+    finally:
+        _PREFIX.reset(token)
+
+
+def enable(peft_model):
+    """Route a peft prefix-tuning model's prefixes through our attention (in place; returns it)."""
+    _register_attention()
+    base = peft_model.base_model
+    config = peft_model.peft_config[peft_model.active_adapter]
+    layers = _attention_modules(base)
+    if len(layers) != config.num_layers:
+        raise UserError(f"method: prefix tuning found {len(layers)} self-attention modules in this backbone but it has "
+                        f"{config.num_layers} layers; this architecture is not supported")
+    for i, m in enumerate(layers):
+        m._peft_tags_layer = i
+    base.set_attn_implementation(ATTENTION)
+    peft_model.forward = types.MethodType(_forward, peft_model)
+    return allow_disable_adapter(peft_model)
+
+
+@register("prefix", PrefixOptions, help="prefix tuning: learned keys and values at every layer (P-tuning v2) + trained head",
+          on_load=enable)
+def apply(model, options: PrefixOptions, ctx: Context):
+    from peft import PrefixTuningConfig, TaskType, get_peft_model
+
+    config = PrefixTuningConfig(task_type=TaskType.TOKEN_CLS, num_virtual_tokens=options.num_virtual_tokens,
+                                prefix_projection=options.prefix_projection,
+                                encoder_hidden_size=options.encoder_hidden_size)
+    model = get_peft_model(model, config)  # marks the head (classifier) trainable and saved
+    return enable(model)

@@ -1,0 +1,186 @@
+"""Every method on the tiny backbone: it learns, it switches off, it counts right, it reloads.
+
+For each method:
+- a few optimizer steps on one batch, with the head frozen, lower the loss (so the adapter
+  itself learns, not the head);
+- with the adapter disabled the logits equal the untouched base model's;
+- the trainable-parameter count matches the method's formula;
+- a trained run saved to disk and loaded in a fresh process gives identical log-probabilities.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, write_recipe
+
+D, INTER, LAYERS = 32, 64, 2  # the tiny backbone: hidden, feed-forward, layers
+
+# name -> (recipe method name, options, adapter parameter formula)
+METHODS = {
+    "lora": ("lora", {"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
+             LAYERS * 2 * 4 * (D + D)),  # r·(d_in + d_out) per wrapped matrix
+    "adalora": ("adalora", {"init_r": 6, "target_r": 2, "target_modules": ["query", "value"]},
+                LAYERS * 2 * 6 * (D + D + 1)),  # A, B and the singular values E, at init_r
+    "ia3": ("ia3", {},
+            LAYERS * (D + D + D + INTER)),  # key, value: output vectors; both output.dense: input vectors
+    "bottleneck-houlsby": ("bottleneck", {"variant": "houlsby", "bottleneck_size": 4},
+                           LAYERS * 2 * (2 * D * 4 + 4 + D)),  # down d·m + m, up m·d + d; two per block
+    "bottleneck-pfeiffer": ("bottleneck", {"variant": "pfeiffer", "reduction_factor": 8},
+                            LAYERS * (2 * D * 4 + 4 + D)),  # m = 32 / 8; one per block
+    "prefix": ("prefix", {"num_virtual_tokens": 5},
+               5 * LAYERS * 2 * D),  # a key and a value per virtual token and layer
+    "prompt": ("prompt", {"num_virtual_tokens": 5},
+               5 * D),  # one input embedding per virtual token
+    "loha": ("loha", {"r": 2, "alpha": 4, "target_modules": ["query", "value"]},
+             LAYERS * 2 * 2 * 2 * (D + D)),  # two rank-r pairs per wrapped matrix
+}
+
+
+def _batch(tiny_backbone, toy_data):
+    from peft_tags.data import label_set, read_examples
+    from peft_tags.model import load_tokenizer
+    from peft_tags.tasks.tagging import TaggingCodec, collate
+
+    examples = read_examples(toy_data / "toy" / "train.txt", "conll")[:16]
+    tok = load_tokenizer(str(tiny_backbone))
+    codec = TaggingCodec(tok, label_set(examples), 4, 64)
+    batch = collate(codec.encode([e.text for e in examples], examples), tok.pad_token_id)
+    return codec, batch
+
+
+def _apply(tiny_backbone, codec, name):
+    from peft_tags.model import apply_method, build_token_classifier
+    from peft_tags.recipe import _build_method, _Problems
+
+    method, options, _ = METHODS[name]
+    problems = _Problems()
+    section = _build_method({"name": method, **options}, problems)
+    assert section is not None, problems.items
+    base = build_token_classifier(str(tiny_backbone), codec.num_outputs, seed=0)
+    with torch.no_grad():  # a head that reads the features strongly: the frozen-head test then moves quickly
+        base.classifier.weight.mul_(30)
+    reference = copy.deepcopy(base).eval()
+    model = apply_method(base, method, section.options, total_steps=20)
+    return model, reference
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_adapter_learns_switches_off_and_counts_right(name, tiny_backbone, toy_data):
+    from peft_tags.model import is_head_param, parameter_counts, token_logits
+    from peft_tags.tasks.tagging import loss_fn
+
+    codec, batch = _batch(tiny_backbone, toy_data)
+    model, reference = _apply(tiny_backbone, codec, name)
+
+    counts = parameter_counts(model)
+    assert counts["adapter"] == METHODS[name][2]
+    assert counts["head"] == D * codec.num_outputs + codec.num_outputs
+    assert counts["backbone"] == 0
+
+    for n, p in model.named_parameters():  # the adapter alone must lower the loss
+        if is_head_param(n):
+            p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    # vectors and prompts are few parameters with little leverage each: they take larger steps (as in practice)
+    lr = 0.3 if METHODS[name][0] in ("ia3", "prefix", "prompt") else 3e-2
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    model.eval()  # no dropout: the loss curve is the adapter's alone
+    losses = []
+    for _ in range(12):
+        logits = token_logits(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                              batch["input_ids"])
+        loss = loss_fn(logits, batch["labels"], len(codec.labels))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    print(name, [round(x, 3) for x in losses])
+    assert losses[-1] == min(losses) and losses[-1] < losses[0] - 0.02, losses
+
+    with torch.no_grad():
+        adapted = token_logits(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                               batch["input_ids"])
+        with model.disable_adapter():
+            off = token_logits(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                               batch["input_ids"])
+        base = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert not torch.allclose(adapted, base, atol=1e-4), "training changed nothing"
+    torch.testing.assert_close(off, base, rtol=0, atol=1e-6)
+
+
+def _quantized_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+ROUND_TRIP = [*METHODS, "lora-nf4"]
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory, tiny_backbone, tiny_backbone_64, toy_data):
+    """One short training run per method; the log-probs of the live model after save()."""
+    from peft_tags.predict import predict_log_probs
+    from peft_tags.recipe import load_recipe
+    from peft_tags.train import TrainRun
+
+    root = tmp_path_factory.mktemp("methods")
+    runs = {}
+    for name in ROUND_TRIP:
+        if name == "lora-nf4":
+            if not _quantized_available():
+                continue
+            method, options, backbone = "lora", METHODS["lora"][1], {"quantization": "nf4"}
+        else:
+            method, options, _ = METHODS[name]
+            backbone = None
+        out = root / name
+        model_dir = tiny_backbone_64 if backbone else tiny_backbone
+        path = write_recipe(root / f"{name}.yaml", model_dir, toy_data, out, method=method, method_options=options,
+                            backbone_options=backbone, epochs=1, lr=1e-2)
+        run = TrainRun(load_recipe(path))
+        run.setup()
+        run.train()
+        run.save()
+        model = run.acc.unwrap_model(run.model)
+        texts = [e.text for e in run.data["test"][:12]]
+        scores = predict_log_probs(model, run.codec, run.codec.encode(texts), 4, torch.device("cpu"))
+        runs[name] = (out, texts, scores)
+    return runs
+
+
+def test_round_trip_in_a_fresh_process(trained_runs, tmp_path):
+    """Every method's output directory, loaded by a new interpreter, scores like the live model."""
+    job = {name: {"dir": str(out), "texts": texts, "npz": str(tmp_path / f"{name}.npz")}
+           for name, (out, texts, _) in trained_runs.items()}
+    (tmp_path / "job.json").write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
+    script = (
+        "import json, sys, numpy as np, torch\n"
+        "from peft_tags.predict import Tagger, predict_log_probs\n"
+        "job = json.load(open(sys.argv[1], encoding='utf-8'))\n"
+        "for name, j in job.items():\n"
+        "    t = Tagger.load(j['dir'], device='cpu')\n"
+        "    s = predict_log_probs(t.model, t.codec, t.codec.encode(j['texts']), 4, torch.device('cpu'))\n"
+        "    np.savez(j['npz'], *s)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "job.json")], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name, (out, texts, live) in trained_runs.items():
+        loaded = np.load(job[name]["npz"])
+        # nf4 on the CPU: the training process and a fresh one differ by up to ~6e-4 in log-probs
+        # (each is exactly repeatable on its own); the cause inside bitsandbytes' CPU 4-bit path
+        # (it re-packs weights at a process's first inference) is not pinned down
+        atol = 2e-3 if name.endswith("nf4") else 1e-5
+        for i, expected in enumerate(live):
+            np.testing.assert_allclose(loaded[f"arr_{i}"], expected, rtol=0, atol=atol, err_msg=name)
+        assert (out / "adapter_config.json").is_file(), name
+    if _quantized_available():
+        assert "lora-nf4" in trained_runs
