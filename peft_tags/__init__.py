@@ -4,7 +4,13 @@
 ``load_recipe(path)`` reads a recipe. Both are imported on first use (torch is heavy).
 """
 
+import logging as _logging
+
 __version__ = "0.1.0"
+
+# bitsandbytes warns on import that an optional kernel package is missing; its CPU path works
+# without it, and the line would stand out in every run's log
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 __all__ = ["Tagger", "load_recipe", "__version__"]
 
 

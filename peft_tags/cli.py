@@ -1,4 +1,4 @@
-"""The ``peft-tags`` command: train, validate, ls, predict.
+"""The ``peft-tags`` command: train, validate, ls, predict, export.
 
 Mistakes a user can make end in one line per problem on stderr and exit code 2; anything
 else is a bug and keeps its traceback.
@@ -82,6 +82,14 @@ def _predict(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from .export import export
+
+    dest = export(args.output_dir, args.dest, overwrite=args.overwrite)
+    print(f"wrote {dest}: a standalone transformers model in {dest / 'model'}", file=sys.stderr)
+    return 0
+
+
 def _read_titles(path: Path) -> list[str]:
     """The 'text' field of each JSON line; UserError naming the line for anything else."""
     if not path.is_file():
@@ -131,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--output", help="write JSON lines here instead of printing")
     pr.add_argument("--batch-size", type=_positive_int, default=32)
     pr.set_defaults(func=_predict)
+    ex = sub.add_parser("export", help="merge the adapter into the backbone (de-quantised first, for QLoRA) and "
+                                       "write a standalone transformers model")
+    ex.add_argument("output_dir", help="a trained output directory")
+    ex.add_argument("dest", help="directory to write (an output directory of method 'full')")
+    ex.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
+    ex.set_defaults(func=_export)
     return p
 
 

@@ -47,6 +47,30 @@ BAD_RECIPES = [
     ("target-modules-missing", lambda s: s.replace("target_modules: [query, value]", "target_modules: [q_proj]"), [],
      "method.target_modules"),
     ("max-length-past-positions", lambda s: s.replace("max_length: 64", "max_length: 512"), [], "backbone.max_length"),
+    # other methods, passed through to peft or ours
+    ("peft-method-wrong-case", lambda s: s.replace("name: lora", "name: LoHa"), [], "did you mean 'loha'"),
+    ("peft-name-of-ours", lambda s: s.replace("name: lora", "name: prefix_tuning"), [], "did you mean 'prefix'"),
+    ("peft-method-unknown-key", lambda s: s.replace("name: lora", "name: loha").replace("r: 4", "rr: 4"), [],
+     "unknown key 'method.rr' (did you mean 'method.r'?)"),
+    ("peft-method-value-peft-rejects", lambda s: s.replace("name: lora", "name: loha").replace("r: 4", "r: 4\n  layers_pattern: layer"),
+     [], "peft LoHaConfig rejects these options"),
+    ("adalora-target-above-init", lambda s: s.replace("name: lora\n  r: 4\n  alpha: 8", "name: adalora\n  init_r: 4\n  target_r: 8"),
+     [], "method.target_r"),
+    ("adalora-budget-order", lambda s: s.replace("name: lora\n  r: 4\n  alpha: 8", "name: adalora\n  budget_start: 0.8\n  budget_end: 0.2"),
+     [], "method.budget_end"),
+    ("bottleneck-variant", lambda s: s.replace("name: lora\n  r: 4\n  alpha: 8", "name: bottleneck\n  variant: parallel"),
+     [], "method.variant: must be one of houlsby, pfeiffer"),
+    ("bottleneck-wrong-targets", lambda s: s.replace("name: lora\n  r: 4\n  alpha: 8", "name: bottleneck"
+                                                     ).replace("[query, value]", "[o_proj]"), [], "method.target_modules"),
+    ("ia3-feedforward-not-target", lambda s: s.replace("name: lora\n  r: 4\n  alpha: 8", "name: ia3\n  feedforward_modules: [dense]"),
+     [], "method.feedforward_modules"),
+    ("prompt-past-positions", lambda s: s.replace("name: lora\n  r: 4\n  alpha: 8\n  target_modules: [query, value]",
+                                                  "name: prompt\n  num_virtual_tokens: 100"), [],
+     "backbone.max_length: 64 plus 100 virtual tokens"),
+    ("quantization-unknown", lambda s: s.replace("max_length: 64", "max_length: 64\n  quantization: nf5"), [],
+     "backbone.quantization: must be one of none, nf4, fp4, int8"),
+    ("quantization-with-full", lambda s: s.replace("max_length: 64", "max_length: 64\n  quantization: nf4").replace(
+        "name: lora\n  r: 4\n  alpha: 8\n  target_modules: [query, value]", "name: full"), [], "backbone.quantization"),
 ]
 
 

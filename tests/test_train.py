@@ -121,10 +121,21 @@ def test_other_methods_train_and_reload(method, tmp_path, tiny_backbone, toy_dat
     assert len(tagger.tag(["华为黑色手机壳"])) == 1
 
 
-def test_resume_after_a_crash_ends_like_an_uninterrupted_run(tmp_path, tiny_backbone, toy_data):
-    """Crash at step 7 (checkpoints every 3 steps), resume, compare with a straight run."""
-    straight = write_recipe(tmp_path / "a.yaml", tiny_backbone, toy_data, tmp_path / "a", epochs=2, checkpoint_every_steps=3)
-    broken = write_recipe(tmp_path / "b.yaml", tiny_backbone, toy_data, tmp_path / "b", epochs=2, checkpoint_every_steps=3)
+ADALORA = {"init_r": 6, "target_r": 2, "target_modules": ["query", "value"], "budget_start": 0.1, "budget_end": 0.5,
+           "allocate_every": 1}
+
+
+@pytest.mark.parametrize("method", ["lora", "adalora"])
+def test_resume_after_a_crash_ends_like_an_uninterrupted_run(method, tmp_path, tiny_backbone, toy_data):
+    """Crash at step 7 (checkpoints every 3 steps), resume, compare with a straight run.
+
+    AdaLoRA (40 steps: full rank to step 4, pruning to step 20) crashes while it prunes, so
+    its allocator's running scores must come back from the checkpoint too."""
+    opts = ADALORA if method == "adalora" else None
+    straight = write_recipe(tmp_path / "a.yaml", tiny_backbone, toy_data, tmp_path / "a", method=method, method_options=opts,
+                            epochs=2, checkpoint_every_steps=3)
+    broken = write_recipe(tmp_path / "b.yaml", tiny_backbone, toy_data, tmp_path / "b", method=method, method_options=opts,
+                          epochs=2, checkpoint_every_steps=3)
     assert _train_subprocess(straight).returncode == 0
     crashed = _train_subprocess(broken, env=dict(_env(), PEFT_TAGS_FAULT_AT_STEP="7"))
     assert crashed.returncode != 0
@@ -149,18 +160,26 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, tiny_backbone, t
     assert "training.resume: no checkpoint" in capsys.readouterr().err
 
 
-def test_two_processes_with_ddp_over_gloo(tmp_path, tiny_backbone, toy_data):
-    # 160 titles in batches of 7: 22 full batches and a short one, which must not be lost
-    recipe = write_recipe(tmp_path / "ddp.yaml", tiny_backbone, toy_data, tmp_path / "out", epochs=2, batch_size=7)
+@pytest.mark.parametrize("method", ["lora", "adalora"])
+def test_two_processes_with_ddp_over_gloo(method, tmp_path, tiny_backbone, toy_data):
+    # 160 titles in batches of 7: 22 full batches and a short one, which must not be lost;
+    # AdaLoRA also accumulates 2 batches per update, so its allocator sees 6 steps per epoch
+    accum = 2 if method == "adalora" else 1
+    recipe = write_recipe(tmp_path / "ddp.yaml", tiny_backbone, toy_data, tmp_path / "out", epochs=2, batch_size=7,
+                          method=method, method_options=ADALORA if method == "adalora" else None, grad_accum=accum)
     launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--cpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     done = _train_subprocess(recipe, launcher=launcher)
     assert done.returncode == 0, done.stderr[-3000:]
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert m["processes"] == 2
-    # 23 batches over 2 processes = 12 optimizer steps per epoch
-    assert m["history"][-1]["step"] == 24
+    # 23 batches over 2 processes = 12 batches per process per epoch
+    assert m["history"][-1]["step"] == 24 // accum
     assert "2 process(es)" in done.stderr
+    if method == "adalora":  # the budget was spent: an average rank of target_r is left
+        config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+        kept = sum(sum(v) for v in config["rank_pattern"].values())
+        assert len(config["rank_pattern"]) == 4 and kept == 4 * ADALORA["target_r"]
 
 
 def test_a_fresh_run_ignores_leftovers_of_a_crashed_one(tmp_path, tiny_backbone, toy_data):
@@ -228,3 +247,32 @@ def test_short_batch_comes_last_so_process_shards_stay_full():
     first = sampler.batches()
     sampler.set_epoch(1)
     assert sampler.batches() != first
+
+
+def test_adalora_allocates_once_per_optimizer_step_under_accumulation(tmp_path, tiny_backbone, toy_data, monkeypatch):
+    from peft.tuners.adalora.model import AdaLoraModel
+
+    from peft_tags.recipe import load_recipe
+    from peft_tags.train import TrainRun
+
+    steps = []
+    original = AdaLoraModel.update_and_allocate
+
+    def spy(self, global_step):
+        steps.append(global_step)
+        return original(self, global_step)
+
+    monkeypatch.setattr(AdaLoraModel, "update_and_allocate", spy)
+    # 160 titles / 8 = 20 batches; 3 per update -> 7 updates per epoch (the last one of 2 batches)
+    path = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_data, tmp_path / "out", method="adalora",
+                        method_options=ADALORA, epochs=2, grad_accum=3)
+    run = TrainRun(load_recipe(path))
+    run.setup()
+    assert run.total_steps == 14
+    config = run.acc.unwrap_model(run.model).peft_config["default"]
+    assert (config.total_step, config.tinit, config.tfinal) == (14, 1, 7)  # 10% and 50% of 14 steps
+    run.train()
+    assert steps == list(range(1, 15))
+    run.save()
+    saved = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert sum(sum(v) for v in saved["rank_pattern"].values()) == 4 * ADALORA["target_r"]

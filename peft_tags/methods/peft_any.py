@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from typing import Any
 
 from . import Context, Method
@@ -72,7 +73,8 @@ def _options_class(key: str, config_cls) -> type:
             _config(config_cls, self)
         except (TypeError, ValueError) as e:
             text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            field = next((f.name for f in dataclasses.fields(self) if f.name in text), None)
+            named = [f.name for f in dataclasses.fields(self) if re.search(rf"(?<!\w){re.escape(f.name)}(?!\w)", text)]
+            field = max(named, key=len) if named else None
             return [(field or "name", f"peft {config_cls.__name__} rejects these options: {text}")]
         return []
 

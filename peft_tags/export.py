@@ -1,0 +1,142 @@
+"""Export a trained run as one standalone transformers model, the adapter merged in.
+
+``peft-tags export RUN DEST`` writes DEST as an output directory of method ``full``:
+``DEST/model`` is an ordinary ``*ForTokenClassification`` (tokenizer included) that needs
+neither peft nor peft_tags, and ``Tagger.load(DEST)`` tags with it like with RUN.
+
+A quantised backbone (QLoRA) is *de-quantised* first: its 4-bit or 8-bit weights are expanded
+to float32 and the adapter is merged into those, so the exported model computes what the
+trained model computed. (peft's ``merge_and_unload`` on a 4-bit model merges and then
+quantises again, which throws the adapter's small updates back into the 4-bit grid.)
+
+Methods that cannot be merged (bottleneck adapters, prefix and prompt tuning: they add
+computation, not a weight delta) are refused with a clear error.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+log = logging.getLogger("peft_tags.export")
+
+NOT_MERGEABLE = {"bottleneck": "adds non-linear layers", "prefix": "adds keys and values to attention",
+                 "prompt": "adds input embeddings"}
+
+
+def dequantized_linears(quantized_model) -> dict[str, torch.Tensor]:
+    """Float32 weights of every bitsandbytes linear layer, by module name."""
+    from peft.utils.integrations import dequantize_bnb_weight
+
+    out = {}
+    for name, module in quantized_model.named_modules():
+        weight = getattr(module, "weight", None)
+        if weight is not None and type(weight).__name__ in ("Params4bit", "Int8Params"):
+            state = getattr(module, "state", None) if type(weight).__name__ == "Int8Params" else weight.quant_state
+            out[name] = dequantize_bnb_weight(weight, state=state).to(torch.float32).cpu()
+    return out
+
+
+def merged_model(run_dir: Path):
+    """The run's model with its adapter merged into float32 weights (and the trained head)."""
+    import importlib
+
+    from peft import PeftModel
+
+    from .backbones import resolve_backbone
+    from .model import build_token_classifier
+    from .predict import _load_head
+    from .recipe import load_recipe
+
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    meta = json.loads((run_dir / "labels.json").read_text(encoding="utf-8"))
+    method, b = recipe.method.name, recipe.backbone
+    if method in NOT_MERGEABLE:
+        raise UserError(f"{run_dir}: method '{method}' {NOT_MERGEABLE[method]} and cannot be merged into the backbone; "
+                        "use the output directory as it is (standard peft files)")
+    backbone = resolve_backbone(b.name, b.cache_dir)
+    with torch.random.fork_rng(devices=[]):  # building models seeds torch; not the caller's RNG
+        if method == "full":
+            model = build_token_classifier(str(run_dir / "model"), meta["num_outputs"], seed=0)
+        else:
+            model = build_token_classifier(backbone, meta["num_outputs"], seed=0)
+        if b.quantization != "none":
+            quantized = build_token_classifier(backbone, meta["num_outputs"], 0, b.quantization, b.double_quantization,
+                                               b.compute_dtype)
+            weights = dequantized_linears(quantized)
+            del quantized
+            modules = dict(model.named_modules())
+            with torch.no_grad():
+                for name, w in weights.items():
+                    modules[name].weight.copy_(w)
+            log.info("de-quantised %d %s linear layers to float32", len(weights), b.quantization)
+    if method not in ("full", "head-only"):
+        importlib.import_module("peft_tags.bottleneck")  # registers the BOTTLENECK peft type
+        model = PeftModel.from_pretrained(model, str(run_dir))
+        _load_head(model, run_dir / "head.safetensors", "classifier")
+        model = model.merge_and_unload()
+    else:
+        _load_head(model, run_dir / "head.safetensors", "classifier")
+    return model, recipe, backbone
+
+
+def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False) -> Path:
+    from transformers import AutoTokenizer
+
+    from .predict import OUTPUT_FILES
+    from .recipe import dump_recipe
+
+    run_dir, dest = Path(run_dir), Path(dest)
+    missing = [f for f in OUTPUT_FILES if not (run_dir / f).is_file()]
+    if missing:
+        raise UserError(f"{run_dir}: not a peft-tags output directory (missing {', '.join(missing)})")
+    if dest.exists() and not overwrite:
+        raise UserError(f"{dest}: already exists; pass --overwrite or choose another directory")
+    if not dest.resolve().parent.is_dir():
+        raise UserError(f"{dest}: no directory '{dest.parent}' to write into")
+    model, recipe, backbone = merged_model(run_dir)
+
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        model.save_pretrained(str(tmp / "model"))
+        AutoTokenizer.from_pretrained(backbone).save_pretrained(str(tmp / "model"))
+        shutil.copy2(run_dir / "head.safetensors", tmp / "head.safetensors")
+        shutil.copy2(run_dir / "labels.json", tmp / "labels.json")
+        for name in ("metrics.json", "test_report.txt", "dev_report.txt"):
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, tmp / name)
+        exported = dataclasses.replace(
+            recipe, method=dataclasses.replace(recipe.method, name="full", options=_full_options()),
+            backbone=dataclasses.replace(recipe.backbone, quantization="none"),
+        )
+        dump_recipe(exported, tmp / "recipe.yaml")
+        (tmp / "export.json").write_text(json.dumps({
+            "from": str(run_dir.resolve()), "method": recipe.method.name, "backbone": recipe.backbone.name,
+            "quantization": recipe.backbone.quantization,
+            "merge": "adapter merged into float32 weights" + (" de-quantised from " + recipe.backbone.quantization
+                                                              if recipe.backbone.quantization != "none" else ""),
+        }, indent=1), encoding="utf-8")
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _full_options():
+    from .methods.full import FullOptions
+
+    return FullOptions()
