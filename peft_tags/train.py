@@ -568,6 +568,15 @@ def _configure_logging(main: bool) -> None:
                         force=True)
 
 
+def _plain_peft_note(method: str) -> list[str]:
+    if method == "bottleneck":
+        return ["`import peft_tags.bottleneck` first: it registers the BOTTLENECK peft type."]
+    if method == "prefix":
+        return ["Then call `peft_tags.methods.prefix.enable(model)`: transformers 5 encoders take the prefixes "
+                "through peft-tags' attention function, not as `past_key_values`."]
+    return []
+
+
 def model_card(recipe: Recipe, m: dict) -> str:
     p = m["parameters"]
     test = m["scores"].get("test", {})
@@ -595,6 +604,7 @@ def model_card(recipe: Recipe, m: dict) -> str:
         "or `peft-tags predict <this directory> \"<title>\"`. The adapter files are standard PEFT:",
         "`PeftModel.from_pretrained(AutoModelForTokenClassification.from_pretrained(<backbone>, "
         "num_labels=<labels.json: num_outputs>), <this directory>)` restores adapter and head.",
+        *_plain_peft_note(recipe.method.name),
         "",
     ]
     return "\n".join(lines)
