@@ -29,6 +29,7 @@ log = logging.getLogger("peft_tags.export")
 
 NOT_MERGEABLE = {"bottleneck": "adds non-linear layers", "prefix": "adds keys and values to attention",
                  "prompt": "adds input embeddings"}
+PROMPT_TYPES = {"PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "CPT", "ADAPTION_PROMPT"}
 
 
 def dequantized_linears(quantized_model) -> dict[str, torch.Tensor]:
@@ -58,8 +59,13 @@ def merged_model(run_dir: Path):
     recipe = load_recipe(run_dir / "recipe.yaml")
     meta = json.loads((run_dir / "labels.json").read_text(encoding="utf-8"))
     method, b = recipe.method.name, recipe.backbone
-    if method in NOT_MERGEABLE:
-        raise UserError(f"{run_dir}: method '{method}' {NOT_MERGEABLE[method]} and cannot be merged into the backbone; "
+    why = NOT_MERGEABLE.get(method)
+    if why is None and (run_dir / "adapter_config.json").is_file():
+        adapter = json.loads((run_dir / "adapter_config.json").read_text(encoding="utf-8"))
+        if adapter.get("peft_type") in PROMPT_TYPES:
+            why = "adds virtual tokens"
+    if why:
+        raise UserError(f"{run_dir}: method '{method}' {why} and cannot be merged into the backbone; "
                         "use the output directory as it is (standard peft files)")
     backbone = resolve_backbone(b.name, b.cache_dir)
     with torch.random.fork_rng(devices=[]):  # building models seeds torch; not the caller's RNG
@@ -81,7 +87,11 @@ def merged_model(run_dir: Path):
         importlib.import_module("peft_tags.bottleneck")  # registers the BOTTLENECK peft type
         model = PeftModel.from_pretrained(model, str(run_dir))
         _load_head(model, run_dir / "head.safetensors", "classifier")
-        model = model.merge_and_unload()
+        try:
+            model = model.merge_and_unload()
+        except (NotImplementedError, ValueError, AttributeError, TypeError) as e:
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{run_dir}: peft cannot merge method '{method}': {text}") from None
     else:
         _load_head(model, run_dir / "head.safetensors", "classifier")
     return model, recipe, backbone
@@ -97,6 +107,8 @@ def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False) -> Pa
     missing = [f for f in OUTPUT_FILES if not (run_dir / f).is_file()]
     if missing:
         raise UserError(f"{run_dir}: not a peft-tags output directory (missing {', '.join(missing)})")
+    if dest.resolve() == run_dir.resolve():
+        raise UserError(f"{dest}: is the run being exported; choose another directory")
     if dest.exists() and not overwrite:
         raise UserError(f"{dest}: already exists; pass --overwrite or choose another directory")
     if not dest.resolve().parent.is_dir():

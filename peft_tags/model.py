@@ -42,18 +42,18 @@ def load_tokenizer(backbone_dir: str):
 
 
 def build_token_classifier(backbone_dir: str, num_outputs: int, seed: int, quantization: str = "none",
-                           double_quantization: bool = True, compute_dtype: str = "float32"):
+                           double_quantization: bool = True, compute_dtype: str = "float32", device=None):
     """A stock ``AutoModelForTokenClassification`` with ``num_outputs`` logits per token.
 
-    ``quantization`` (nf4, fp4, int8) loads the frozen backbone through bitsandbytes; the
-    head stays in full precision."""
+    ``quantization`` (nf4, fp4, int8) loads the frozen backbone through bitsandbytes, onto
+    ``device`` (default: the current GPU, else the CPU); the head stays in full precision."""
     from transformers import AutoModelForTokenClassification
 
     torch.manual_seed(seed)  # the head's initialisation
     kwargs = {}
     if quantization != "none":
         kwargs = {"quantization_config": quantization_config(quantization, double_quantization, compute_dtype),
-                  "device_map": {"": torch.cuda.current_device()} if torch.cuda.is_available() else "cpu"}
+                  "device_map": {"": _quantized_device(device)}}
     try:
         model = AutoModelForTokenClassification.from_pretrained(
             backbone_dir, num_labels=num_outputs, attn_implementation="sdpa", **kwargs
@@ -67,6 +67,13 @@ def build_token_classifier(backbone_dir: str, num_outputs: int, seed: int, quant
         # it trades time for memory, and these backbones are small)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
+
+
+def _quantized_device(device):
+    if device is not None:
+        device = torch.device(device)
+        return device.index if device.type == "cuda" and device.index is not None else str(device)
+    return torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
 
 
 def quantization_config(quantization: str, double_quantization: bool, compute_dtype: str):

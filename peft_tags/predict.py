@@ -81,11 +81,11 @@ class Tagger:
         meta = json.loads((out / "labels.json").read_text(encoding="utf-8"))
         backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.cache_dir)
         codec = TaggingCodec(load_tokenizer(backbone), meta["types"], meta["slots"], meta["max_length"])
-        with torch.random.fork_rng(devices=[]):  # building a model seeds torch; not the caller's RNG
-            model = _build(out, recipe, backbone, codec.num_outputs)
-        _load_head(model, out / "head.safetensors", HEAD_NAME)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if recipe.backbone.quantization == "none":  # a quantised model was placed when it was loaded
+        with torch.random.fork_rng(devices=[]):  # building a model seeds torch; not the caller's RNG
+            model = _build(out, recipe, backbone, codec.num_outputs, device)
+        _load_head(model, out / "head.safetensors", HEAD_NAME)
+        if recipe.backbone.quantization == "none":  # a quantised model is placed on the device as it loads
             model.to(device)
         model.eval()
         return cls(model, codec, recipe, device)
@@ -118,14 +118,15 @@ METHOD_FILES = {
 }
 
 
-def _build(out: Path, recipe, backbone: str, num_outputs: int):
+def _build(out: Path, recipe, backbone: str, num_outputs: int, device=None):
     from . import methods
     from .model import build_token_classifier
 
     method, b = recipe.method.name, recipe.backbone
     if method == "full":  # the whole fine-tuned model
         return build_token_classifier(str(out / "model"), num_outputs, seed=0)
-    model = build_token_classifier(backbone, num_outputs, 0, b.quantization, b.double_quantization, b.compute_dtype)
+    model = build_token_classifier(backbone, num_outputs, 0, b.quantization, b.double_quantization, b.compute_dtype,
+                                   device=device)
     if method != "head-only":
         import importlib
 

@@ -58,6 +58,10 @@ BAD_RECIPES = [
      [], "method.target_r"),
     ("adalora-budget-order", lambda s: s.replace("name: lora\n  r: 4\n  alpha: 8", "name: adalora\n  budget_start: 0.8\n  budget_end: 0.2"),
      [], "method.budget_end"),
+    ("adalora-beta-zero", lambda s: s.replace("name: lora\n  r: 4\n  alpha: 8", "name: adalora\n  beta1: 0"),
+     [], "method.beta1: must be in (0, 1)"),
+    ("bottleneck-init-std-zero", lambda s: s.replace("name: lora\n  r: 4\n  alpha: 8", "name: bottleneck\n  init_std: 0"),
+     [], "method.init_std: must be > 0"),
     ("bottleneck-variant", lambda s: s.replace("name: lora\n  r: 4\n  alpha: 8", "name: bottleneck\n  variant: parallel"),
      [], "method.variant: must be one of houlsby, pfeiffer"),
     ("bottleneck-wrong-targets", lambda s: s.replace("name: lora\n  r: 4\n  alpha: 8", "name: bottleneck"

@@ -39,6 +39,8 @@ def test_export_merges_lora_into_a_standalone_model(tmp_path, tiny_backbone, toy
     for a, b in zip(_log_probs(adapter.model, adapter.codec), _log_probs(plain.eval(), adapter.codec)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
     assert adapter.tag(TEXTS) == merged.tag(TEXTS)
+    assert cli_main(["export", str(run), str(run), "--overwrite"]) == 2  # never over the run itself
+    assert (run / "adapter_model.safetensors").is_file()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")

@@ -121,7 +121,13 @@ def _quantized_available() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
-ROUND_TRIP = [*METHODS, "lora-nf4"]
+# name -> (method, options, backbone options): every method of METHODS, and variants
+ROUND_TRIP = {name: (m, opts, None) for name, (m, opts, _) in METHODS.items()}
+ROUND_TRIP.update({
+    "prefix-projection": ("prefix", {"num_virtual_tokens": 5, "prefix_projection": True, "encoder_hidden_size": 16}, None),
+    "p_tuning": ("p_tuning", {"num_virtual_tokens": 4, "encoder_hidden_size": 16}, None),
+    "lora-nf4": ("lora", METHODS["lora"][1], {"quantization": "nf4"}),
+})
 
 
 @pytest.fixture(scope="module")
@@ -133,14 +139,9 @@ def trained_runs(tmp_path_factory, tiny_backbone, tiny_backbone_64, toy_data):
 
     root = tmp_path_factory.mktemp("methods")
     runs = {}
-    for name in ROUND_TRIP:
-        if name == "lora-nf4":
-            if not _quantized_available():
-                continue
-            method, options, backbone = "lora", METHODS["lora"][1], {"quantization": "nf4"}
-        else:
-            method, options, _ = METHODS[name]
-            backbone = None
+    for name, (method, options, backbone) in ROUND_TRIP.items():
+        if backbone and not _quantized_available():
+            continue
         out = root / name
         model_dir = tiny_backbone_64 if backbone else tiny_backbone
         path = write_recipe(root / f"{name}.yaml", model_dir, toy_data, out, method=method, method_options=options,
@@ -184,3 +185,27 @@ def test_round_trip_in_a_fresh_process(trained_runs, tmp_path):
         assert (out / "adapter_config.json").is_file(), name
     if _quantized_available():
         assert "lora-nf4" in trained_runs
+
+
+def test_adalora_makes_up_a_skipped_final_allocation(tiny_backbone, toy_data):
+    """fp16 loss scaling can skip the optimizer step at which peft fixes the ranks; the next
+    step must still fix them, to the target budget."""
+    from peft_tags.methods import get
+    from peft_tags.model import token_logits
+    from peft_tags.tasks.tagging import loss_fn
+
+    codec, batch = _batch(tiny_backbone, toy_data)
+    model, _ = _apply(tiny_backbone, codec, "adalora")  # 20 steps: ranks fixed at step 14
+    config = model.peft_config["default"]
+    boundary = config.total_step - config.tfinal
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for step in range(1, config.total_step + 1):
+        logits = token_logits(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                              batch["input_ids"])
+        loss_fn(logits, batch["labels"], len(codec.labels)).backward()
+        opt.step()
+        if step != boundary:  # the skipped step
+            get("adalora").on_step(model, step)
+        opt.zero_grad()
+    pattern = config.rank_pattern
+    assert pattern is not None and sum(sum(v) for v in pattern.values()) == config.target_r * len(pattern)

@@ -19,6 +19,8 @@ def get_peft_model(model, config, key: str = "method.target_modules"):
         return wrap(model, config)
     except (ValueError, KeyError, TypeError) as e:  # peft raises ValueError or NoMatchingPeftModuleError, by version
         text = str(e)
+        if "wrap linear layers" in text or ("Target module" in text and "is not supported" in text):
+            raise UserError(f"{key}: {text.splitlines()[0]}") from None
         if "not found in the base model" in text or "No modules were targeted" in text:
             shown = targets if isinstance(targets, str) else sorted(targets or [])
             raise UserError(f"{key}: none of {shown} is a layer of this backbone; its linear layers are named "

@@ -55,8 +55,8 @@ class AdaLoraOptions:
         if self.allocate_every < 1:
             problems.append(("allocate_every", f"must be a positive integer, got {self.allocate_every}"))
         for key in ("beta1", "beta2"):
-            if not 0 <= getattr(self, key) < 1:
-                problems.append((key, f"must be in [0, 1), got {getattr(self, key)}"))
+            if not 0 < getattr(self, key) < 1:
+                problems.append((key, f"must be in (0, 1), got {getattr(self, key)}"))
         if self.orth_reg_weight < 0:
             problems.append(("orth_reg_weight", f"must be >= 0, got {self.orth_reg_weight}"))
         return problems + check_targets(self.target_modules)
@@ -80,8 +80,17 @@ def _tuner(model):
 
 
 def _on_step(model, step: int) -> None:
-    # peft counts from the step just taken; ranks are masked in place on lora_E
-    _tuner(model).update_and_allocate(step)
+    """After optimizer step ``step`` (1-based); ranks are masked in place on lora_E.
+
+    peft fixes the ranks at exactly step total_step - tfinal. Where that step was skipped
+    (fp16 loss scaling skips steps that overflow) the allocation is made up first: the scores
+    are still there (peft clears them at the final allocation)."""
+    tuner = _tuner(model)
+    config = tuner.peft_config[tuner.trainable_adapter_name]
+    boundary = config.total_step - config.tfinal
+    if step > boundary and tuner.rankallocator.ipt:
+        tuner.update_and_allocate(boundary)
+    tuner.update_and_allocate(step)
 
 
 def _regularizer(model):

@@ -33,8 +33,8 @@ class BottleneckOptions:
             problems.append(("reduction_factor", f"must be > 0, got {self.reduction_factor}"))
         if not 0 <= self.dropout < 1:
             problems.append(("dropout", f"must be in [0, 1), got {self.dropout}"))
-        if self.init_std < 0:
-            problems.append(("init_std", f"must be >= 0, got {self.init_std}"))
+        if self.init_std <= 0:  # with the up-projection at zero, a zero down-projection would never train
+            problems.append(("init_std", f"must be > 0, got {self.init_std}"))
         return problems + check_targets(self.target_modules)
 
 

@@ -9,6 +9,7 @@ are not recipe keys.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import re
 from typing import Any
@@ -21,7 +22,8 @@ MANAGED = ("peft_type", "task_type", "base_model_name_or_path", "revision", "inf
 #: peft methods that do not fit a frozen encoder + token head, or that we offer under our own name
 EXCLUDED = {"lora": "lora", "adalora": "adalora", "ia3": "ia3", "prefix_tuning": "prefix", "prompt_tuning": "prompt",
             "bottleneck": "bottleneck", "adaption_prompt": None, "xlora": None, "poly": None,
-            "multitask_prompt_tuning": None, "cpt": None, "cartridge": None}
+            "multitask_prompt_tuning": None, "cpt": None, "cartridge": None,
+            "trainable_tokens": None}  # trains token embeddings only; it cannot train the task head
 
 
 def _normal(name: str) -> str:
@@ -53,9 +55,13 @@ def method(name: str) -> Method | None:
 
 @functools.lru_cache(maxsize=None)
 def _method(key: str) -> Method:
+    from ._common import allow_disable_adapter
+
     config_cls = _configs()[key]
     options_cls = _options_class(key, config_cls)
-    return Method(key, options_cls, functools.partial(_apply, config_cls), help=f"peft {config_cls.__name__}, keys passed through")
+    prompt = _is_prompt_learning(config_cls)
+    return Method(key, options_cls, functools.partial(_apply, config_cls), help=f"peft {config_cls.__name__}, keys passed through",
+                  on_load=allow_disable_adapter if prompt else None)
 
 
 def _options_class(key: str, config_cls) -> type:
@@ -63,15 +69,16 @@ def _options_class(key: str, config_cls) -> type:
     for f in dataclasses.fields(config_cls):
         if f.name in MANAGED or not f.init or f.name.startswith("_"):
             continue
+        value = f.default.value if isinstance(f.default, enum.Enum) else f.default  # recipes hold plain YAML values
         default = (dataclasses.field(default_factory=f.default_factory) if f.default_factory is not dataclasses.MISSING
-                   else dataclasses.field(default=f.default))
+                   else dataclasses.field(default=value))
         default.metadata = {"help": f.metadata.get("help", "") if f.metadata else ""}
         fields.append((f.name, Any, default))
 
     def check(self) -> list[tuple[str, str]]:
         try:
             _config(config_cls, self)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, ImportError) as e:
             text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             named = [f.name for f in dataclasses.fields(self) if re.search(rf"(?<!\w){re.escape(f.name)}(?!\w)", text)]
             field = max(named, key=len) if named else None
@@ -86,6 +93,7 @@ def _config(config_cls, options, head_name: str = "classifier"):
 
     values = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
     extra = {"task_type": TaskType.TOKEN_CLS} if _is_prompt_learning(config_cls) else {"modules_to_save": [head_name]}
+    extra = {k: v for k, v in extra.items() if k in {f.name for f in dataclasses.fields(config_cls)}}
     return config_cls(**values, **extra)
 
 
@@ -98,4 +106,7 @@ def _is_prompt_learning(config_cls) -> bool:
 def _apply(config_cls, model, options, ctx: Context):
     from ._common import get_peft_model
 
-    return get_peft_model(model, _config(config_cls, options, ctx.head_name))
+    from ._common import allow_disable_adapter
+
+    model = get_peft_model(model, _config(config_cls, options, ctx.head_name))
+    return allow_disable_adapter(model) if _is_prompt_learning(config_cls) else model

@@ -87,10 +87,12 @@ def _prefix_states(peft_model):
     """[2 x layers, heads x prefix x head_dim]-shaped keys and values of the active adapter."""
     name = peft_model.active_adapter
     config = peft_model.peft_config[name]
-    tokens = peft_model.prompt_tokens[name][None, : config.num_virtual_tokens]
     encoder = peft_model.prompt_encoder[name]
-    tokens = tokens.to(encoder.embedding.weight.device)
-    states = encoder(tokens)[0]  # [n, layers x 2 x token_dim]
+    if config.inference_mode:  # loaded for inference: peft stores the (projected) prefixes themselves
+        states = encoder.embedding.weight  # [n, layers x 2 x token_dim]
+    else:
+        tokens = peft_model.prompt_tokens[name][None, : config.num_virtual_tokens].to(encoder.embedding.weight.device)
+        states = encoder(tokens)[0]
     n, heads = config.num_virtual_tokens, config.num_attention_heads
     states = states.view(n, config.num_layers * 2, heads, -1)  # peft's layout of past_key_values
     return states.permute(1, 2, 0, 3)  # [layers x 2, heads, n, head_dim]
