@@ -66,7 +66,20 @@ def build_token_classifier(backbone_dir: str, num_outputs: int, seed: int, quant
         # frozen weights stay quantised; layer norms and the head in float32 (no gradient checkpointing:
         # it trades time for memory, and these backbones are small)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        _no_cpu_weight_packing(model)
     return model
+
+
+def _no_cpu_weight_packing(model) -> None:
+    """Keep bitsandbytes' 4-bit weights in their trained layout on CPUs with AVX512-BF16.
+
+    There bitsandbytes re-packs a layer's weights in place at its first forward pass without
+    gradients (an evaluation), for a bf16 inference kernel. Training after that fails (an
+    in-place add on a tensor autograd needs), and the kernel computes differently from the
+    one training used, so evaluation and prediction use the trained layout too."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _quantized_device(device):
