@@ -100,9 +100,11 @@ def merged_model(run_dir: Path):
 def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False) -> Path:
     from transformers import AutoTokenizer
 
+    from .model import quiet_transformers
     from .predict import OUTPUT_FILES
     from .recipe import dump_recipe
 
+    quiet_transformers()
     run_dir, dest = Path(run_dir), Path(dest)
     missing = [f for f in OUTPUT_FILES if not (run_dir / f).is_file()]
     if missing:
