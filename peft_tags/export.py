@@ -47,13 +47,9 @@ def dequantized_linears(quantized_model) -> dict[str, torch.Tensor]:
 
 def merged_model(run_dir: Path):
     """The run's model with its adapter merged into float32 weights (and the trained head)."""
-    import importlib
-
-    from peft import PeftModel
-
     from .backbones import resolve_backbone
-    from .model import build_token_classifier
-    from .predict import _load_head
+    from .model import HEAD_NAME, build_token_classifier
+    from .predict import _load_head, attach_adapter
     from .recipe import load_recipe
 
     recipe = load_recipe(run_dir / "recipe.yaml")
@@ -83,17 +79,14 @@ def merged_model(run_dir: Path):
                 for name, w in weights.items():
                     modules[name].weight.copy_(w)
             log.info("de-quantised %d %s linear layers to float32", len(weights), b.quantization)
+    model = attach_adapter(model, run_dir, method)
+    _load_head(model, run_dir / "head.safetensors", HEAD_NAME)
     if method not in ("full", "head-only"):
-        importlib.import_module("peft_tags.bottleneck")  # registers the BOTTLENECK peft type
-        model = PeftModel.from_pretrained(model, str(run_dir))
-        _load_head(model, run_dir / "head.safetensors", "classifier")
         try:
             model = model.merge_and_unload()
         except (NotImplementedError, ValueError, AttributeError, TypeError) as e:
             text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"{run_dir}: peft cannot merge method '{method}': {text}") from None
-    else:
-        _load_head(model, run_dir / "head.safetensors", "classifier")
     return model, recipe, backbone
 
 

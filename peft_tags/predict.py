@@ -119,7 +119,6 @@ METHOD_FILES = {
 
 
 def _build(out: Path, recipe, backbone: str, num_outputs: int, device=None):
-    from . import methods
     from .model import build_token_classifier
 
     method, b = recipe.method.name, recipe.backbone
@@ -127,18 +126,23 @@ def _build(out: Path, recipe, backbone: str, num_outputs: int, device=None):
         return build_token_classifier(str(out / "model"), num_outputs, seed=0)
     model = build_token_classifier(backbone, num_outputs, 0, b.quantization, b.double_quantization, b.compute_dtype,
                                    device=device)
-    if method != "head-only":
-        import importlib
+    return attach_adapter(model, out, method)
 
-        from peft import PeftModel
 
-        importlib.import_module("peft_tags.bottleneck")  # registers the BOTTLENECK peft type
+def attach_adapter(model, out: Path, method: str):
+    """The saved peft adapter of ``out`` on ``model`` (unchanged for head-only), ready to run."""
+    from . import methods
 
-        model = PeftModel.from_pretrained(model, str(out))
-        hook = methods.get(method).on_load
-        if hook is not None:
-            model = hook(model)
-    return model
+    if method in ("full", "head-only"):
+        return model
+    import importlib
+
+    from peft import PeftModel
+
+    importlib.import_module("peft_tags.bottleneck")  # registers the BOTTLENECK peft type
+    model = PeftModel.from_pretrained(model, str(out))
+    hook = methods.get(method).on_load
+    return model if hook is None else hook(model)
 
 
 def head_module(model, head_name: str):

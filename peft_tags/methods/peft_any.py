@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from . import Context, Method
+from ._common import allow_disable_adapter, get_peft_model
 
 #: config fields the runner sets itself
 MANAGED = ("peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode", "modules_to_save",
@@ -55,8 +56,6 @@ def method(name: str) -> Method | None:
 
 @functools.lru_cache(maxsize=None)
 def _method(key: str) -> Method:
-    from ._common import allow_disable_adapter
-
     config_cls = _configs()[key]
     options_cls = _options_class(key, config_cls)
     prompt = _is_prompt_learning(config_cls)
@@ -104,9 +103,5 @@ def _is_prompt_learning(config_cls) -> bool:
 
 
 def _apply(config_cls, model, options, ctx: Context):
-    from ._common import get_peft_model
-
-    from ._common import allow_disable_adapter
-
     model = get_peft_model(model, _config(config_cls, options, ctx.head_name))
     return allow_disable_adapter(model) if _is_prompt_learning(config_cls) else model
