@@ -37,7 +37,7 @@ def measure(recipe: Path, titles: int, workdir: Path) -> dict:
 
 
 def main() -> int:
-    from stock_vs_ours import provenance
+    from provenance import provenance
 
     ap = argparse.ArgumentParser()
     ap.add_argument("recipes", nargs="*", type=Path)

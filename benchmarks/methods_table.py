@@ -61,7 +61,7 @@ def main() -> int:
                 "dev_by_lr": {str(r["lr"]): r["dev_micro_f1"] for r in sorted(runs, key=lambda r: r["lr"])}}
         chosen.append(best)
     chosen.sort(key=lambda r: r["trainable_params"])
-    from stock_vs_ours import provenance
+    from provenance import provenance
 
     result = {"provenance": provenance(), "notes": args.note, "rows": chosen, "all_runs": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

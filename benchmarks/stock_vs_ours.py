@@ -17,95 +17,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-
-def provenance() -> dict:
-    import torch, transformers, peft, accelerate
-
-    def git(*a):
-        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
-    return {
-        "git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "python": platform.python_version(),
-        "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-        "accelerate": accelerate.__version__, "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
+from provenance import provenance  # noqa: E402
 
 
 def run_stock(data_root: Path, max_train: int | None, epochs: float, seed: int) -> dict:
-    """The stock recipe; returns test micro-F1 and training titles/s."""
-    import numpy as np
-    import torch
-    from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import (AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer,
-                              TrainingArguments)
+    """The stock recipe (benchmarks/stock_recipe.py); returns test micro-F1 and training titles/s."""
+    from stock_recipe import run
 
-    from peft_tags.backbones import resolve_backbone
-    from peft_tags.data import label_set, read_examples
-    from peft_tags.metrics import span_f1
-    from peft_tags.model import load_tokenizer, quiet_transformers
-    from peft_tags.tasks.tagging import bio_labels, char_labels_to_spans, spans_to_char_labels
-
-    quiet_transformers()
-    train = read_examples(data_root / "jd-ner/train.txt", "conll", max_examples=max_train)
-    test = read_examples(data_root / "jd-ner/test.txt", "conll")
-    labels = bio_labels(label_set(train))
-    index = {l: i for i, l in enumerate(labels)}
-    backbone = resolve_backbone("me5-small")
-    tok = load_tokenizer(backbone)
-
-    def encode(ex):
-        enc = tok(list(ex.text), is_split_into_words=True, truncation=True, max_length=512)
-        char_labels = spans_to_char_labels(len(ex.text), ex.spans, index)
-        seen, lab = set(), []
-        for w in enc.word_ids():
-            lab.append(-100 if w is None or w in seen else int(char_labels[w]))
-            if w is not None:
-                seen.add(w)
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": lab}, enc.word_ids()
-
-    train_set = [encode(e)[0] for e in train]
-    model = AutoModelForTokenClassification.from_pretrained(backbone, num_labels=len(labels))
-    model = get_peft_model(model, LoraConfig(task_type=TaskType.TOKEN_CLS, r=8, lora_alpha=16, lora_dropout=0.1,
-                                             target_modules=["query", "value"]))
-    with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(output_dir=out, per_device_train_batch_size=16, num_train_epochs=epochs, learning_rate=1e-3,
-                                 eval_strategy="no", save_strategy="no", report_to=[], logging_steps=50, seed=seed,
-                                 use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
-        trainer = Trainer(model=model, args=args, train_dataset=train_set,
-                          data_collator=DataCollatorForTokenClassification(tok))
-        result = trainer.train()
-    model.eval()
-    preds = []
-    with torch.no_grad():
-        for ex in test:
-            feats, word_ids = encode(ex)
-            logits = model(input_ids=torch.tensor([feats["input_ids"]], device=model.device)).logits[0].cpu().numpy()
-            char = ["O"] * len(ex.text)
-            seen = set()
-            for t, w in enumerate(word_ids):
-                if w is not None and w not in seen:
-                    seen.add(w)
-                    char[w] = labels[int(np.argmax(logits[t]))]
-            preds.append(char_labels_to_spans(char))
-    scores = span_f1(preds, [e.spans for e in test])
-    n_tok = sum(len(x["input_ids"]) for x in train_set)
-    return {"test_micro_f1": scores["micro_f1"], "test_macro_f1": scores["macro_f1"],
-            "train_titles_per_s": round(len(train_set) * epochs / result.metrics["train_runtime"], 2),
-            "train_seconds": round(result.metrics["train_runtime"], 1), "epochs": epochs,
-            "tokens_per_char": round(n_tok / sum(len(e.text) for e in train), 3)}
+    with tempfile.TemporaryDirectory() as tmp:
+        m = run(Path(tmp) / "stock", data_root=str(data_root), train="jd-ner/train.txt", dev=None, test="jd-ner/test.txt",
+                backbone_name="me5-small", epochs=epochs, lr=1e-3, batch_size=16, seed=seed, max_train=max_train)
+    return {"test_micro_f1": m["test_micro_f1"], "test_macro_f1": m["test_macro_f1"],
+            "train_titles_per_s": m["train_titles_per_s"], "train_seconds": m["train_seconds"], "epochs": epochs,
+            "tokens_per_char": m["tokens_per_char"], "peak_memory_mb": m["peak_memory_mb"]}
 
 
 def run_ours(recipe: str, data_root: Path, max_train: int | None, overrides: list[str]) -> dict:

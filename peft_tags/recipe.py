@@ -95,6 +95,8 @@ class DataSection:
     fullwidth_to_halfwidth: bool = _f(True, "map full-width characters (ＡＢＣ１２３) to half-width before tokenizing")
     lowercase: bool = _f(False, "lowercase the text before tokenizing")
     max_train_examples: int | None = _f(None, "use only the first N training examples (> 0); null: all", gt=0)
+    max_dev_examples: int | None = _f(None, "use only the first N dev examples (> 0); null: all", gt=0)
+    max_test_examples: int | None = _f(None, "use only the first N test examples (> 0); null: all", gt=0)
 
     def check(self) -> list[tuple[str, str]]:
         problems = []

@@ -237,7 +237,7 @@ class TrainRun:
                 continue
             path = resolve_data_path(rel, d.root, key=f"data.{split}")
             out[split] = read_examples(path, d.format, fullwidth_to_halfwidth=d.fullwidth_to_halfwidth, lowercase=d.lowercase,
-                                       max_examples=d.max_train_examples if split == "train" else None)
+                                       max_examples=getattr(d, f"max_{split}_examples"))
         self.types = label_set(out["train"])
         return out
 

@@ -276,3 +276,15 @@ def test_adalora_allocates_once_per_optimizer_step_under_accumulation(tmp_path, 
     run.save()
     saved = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     assert sum(sum(v) for v in saved["rank_pattern"].values()) == 4 * ADALORA["target_r"]
+
+
+def test_dev_and_test_can_be_cut_to_their_first_examples(tmp_path, tiny_backbone, toy_data):
+    from peft_tags.data import read_examples
+
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_data, tmp_path / "out", method="head-only", epochs=1)
+    assert cli_main(["train", str(recipe), "data.max_dev_examples=7", "data.max_test_examples=5"]) == 0
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    for split, n in (("dev", 7), ("test", 5)):
+        first = read_examples(toy_data / "toy" / f"{split}.txt", "conll", max_examples=n)
+        assert m["alignment"][split]["spans"] == sum(len(e.spans) for e in first)
+        assert m["scores"][split]["micro_f1"] is not None

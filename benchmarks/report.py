@@ -1,0 +1,180 @@
+"""The report of one task of the benchmark grid: a Markdown table, a JSON summary and a plot of
+test F1 against trainable parameters with the Pareto front.
+
+Per method, the sweep value with the best dev micro-F1 is chosen and only its test scores are
+reported; every dev score stays in the table and in the JSON. Called by benchmarks/harness.py;
+alone: ``python benchmarks/report.py benchmarks/results/grid/cpu/jd-ner``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def read_cells(task_dir: Path) -> tuple[list[dict], list[dict]]:
+    ok, failed = [], []
+    for p in sorted((task_dir / "cells").glob("*.json")):
+        c = json.loads(p.read_text(encoding="utf-8"))
+        (ok if c.get("status") == "ok" else failed).append(c)
+    return ok, failed
+
+
+def choose(cells: list[dict]) -> list[dict]:
+    """One row per method: the cell with the best dev micro-F1 (ties: the smaller sweep value),
+    with every value's dev score attached."""
+    by_method: dict[str, list[dict]] = {}
+    for c in cells:
+        by_method.setdefault(c["method"], []).append(c)
+    rows = []
+    for method, group in by_method.items():
+        group.sort(key=lambda c: next(iter(c["sweep"].values())))
+        best = max(group, key=lambda c: (c["dev_micro_f1"] if c["dev_micro_f1"] is not None else -1.0,
+                                         -next(iter(c["sweep"].values()))))
+        key = next(iter(best["sweep"]))
+        rows.append({**best, "sweep_key": key, "chosen": best["sweep"][key],
+                     "dev_by_value": [[next(iter(c["sweep"].values())), c["dev_micro_f1"]] for c in group]})
+    rows.sort(key=lambda r: (r["parameters"]["trainable"], r["method"]))
+    return rows
+
+
+def pareto(rows: list[dict]) -> list[dict]:
+    """Rows no other row beats with at most as many trainable parameters and a higher test F1."""
+    front, best = [], -1.0
+    for r in sorted(rows, key=lambda r: (r["parameters"]["trainable"], -r["test_micro_f1"])):
+        if r["test_micro_f1"] > best:
+            front.append(r)
+            best = r["test_micro_f1"]
+    return front
+
+
+def _lr(v: float) -> str:
+    mantissa, exponent = f"{v:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def _size(b: int) -> str:
+    return f"{b / 2**20:.2f} MB" if b >= 2**20 else f"{b / 2**10:.0f} kB"
+
+
+def _commits(cells: list[dict]) -> str:
+    seen = {}
+    for c in cells:
+        p = c["provenance"]
+        seen[p["git_commit"][:10] + (" (dirty)" if p["git_dirty"] else "")] = None
+    return ", ".join(seen)
+
+
+def markdown(task: str, budget: str, command: str, grid: dict, rows: list[dict], cells: list[dict], failed: list[dict]) -> str:
+    stock = next((r for r in rows if r["kind"] == "stock"), None)
+    front = {r["method"] for r in pareto(rows)}
+    p0 = cells[0]["provenance"]
+    lines = [f"# {task}: F1 against trainable parameters (budget `{budget}`)", "",
+             f"Made by `{command}`.", "",
+             f"- Budget overrides on every recipe: {', '.join(f'`{o}`' for o in grid.get('overrides') or []) or 'none'}"
+             f"{'; sweep: first value only' if grid.get('sweep') is False else ''}.",
+             "- Per method, the learning rate (head-only: the head's) with the best dev micro-F1 is chosen; only its test "
+             "scores are reported. Every dev score is listed; the chosen one is in bold.",
+             f"- Code: {_commits(cells)}. {p0['cpu']}, {p0['cores']} cores, {p0['threads']} threads"
+             f"{', GPU ' + p0['gpu'] if p0.get('gpu') else ''}; torch {p0['torch']}, transformers {p0['transformers']}, "
+             f"peft {p0['peft']}; cells run {min(c['provenance']['date'] for c in cells)} to "
+             f"{max(c['provenance']['date'] for c in cells)}, one at a time.",
+             "- Trainable = adapter + head parameters while training; % of all parameters of the model. "
+             "Speed ratios are against the stock row of the same run.", "",
+             "| method | swept value: dev micro-F1 | trainable (adapter + head) | % | test micro-F1 | test macro-F1 "
+             "| dev micro-F1 | train titles/s (× stock) | inference titles/s | train time | peak memory | saved file |",
+             "|" + "---|" * 12]
+    for r in rows:
+        p = r["parameters"]
+        tried = ", ".join((f"**{_lr(v)}: {f:.3f}**" if v == r["chosen"] else f"{_lr(v)}: {f:.3f}")
+                          for v, f in r["dev_by_value"])
+        ratio = f" ({r['train_titles_per_s'] / stock['train_titles_per_s']:.2f}×)" if stock else ""
+        name = f"{r['method']}{' †' if r['method'] in front else ''}"
+        lines.append(f"| {name} | {r['sweep_key'].rsplit('.', 1)[-1]} {tried} | {p['trainable']:,} ({p['adapter']:,} + {p['head']:,}) "
+                     f"| {p['trainable_pct']:.2f}% | **{r['test_micro_f1']:.4f}** | {r['test_macro_f1']:.4f} | {r['dev_micro_f1']:.4f} "
+                     f"| {r['train_titles_per_s']}{ratio} | {r['eval_titles_per_s']} | {r['train_seconds'] / 60:.1f} min "
+                     f"| {r['peak_memory_mb'] / 1024:.2f} GB | {_size(r['saved_file_bytes'])} |")
+    lines += ["", "† on the Pareto front: no other row has at most as many trainable parameters and a higher test micro-F1.",
+              f"Memory is the {rows[0]['memory_kind']} of the cell's process. The saved file is the adapter in peft format "
+              "with the head (full fine-tuning: the whole model).", ""]
+    if stock:
+        lines += ["The stock row is `benchmarks/stock_recipe.py`: Trainer + peft LoRA r=8 on query/value, characters as "
+                  "words, the first sub-token labelled, dynamic padding; its learning rate as the grid gives it.", ""]
+    lines += [f"![test micro-F1 against trainable parameters]({task}.png)", "",
+              "Each cell re-runs alone with its command (in the JSON beside this file), e.g.:", "",
+              f"    {max(rows, key=lambda r: (r['kind'] == 'recipe', r['test_micro_f1']))['command']}", ""]
+    if failed:
+        lines += ["Failed cells (not in the table): " + "; ".join(f"{c['cell']}: {c.get('error', '')}" for c in failed), ""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for r in rows:
+        stock = r["kind"] == "stock"
+        ax.scatter(r["parameters"]["trainable"], r["test_micro_f1"], marker="x" if stock else "o", s=40,
+                   color="grey" if stock else "tab:blue", zorder=3)
+        ax.annotate(r["method"] + (" (reference)" if stock else ""), (r["parameters"]["trainable"], r["test_micro_f1"]),
+                    textcoords="offset points", xytext=(5, 4), fontsize=8)
+    front = pareto(rows)
+    xs = [r["parameters"]["trainable"] for r in front]
+    ys = [r["test_micro_f1"] for r in front]
+    ax.step(xs + [max(r["parameters"]["trainable"] for r in rows) * 1.5], ys + ys[-1:], where="post", color="tab:red",
+            linewidth=1.2, label="Pareto front", zorder=2)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (adapter + head, log scale)")
+    ax.set_ylabel("test micro-F1 (learning rate chosen on dev)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_reports(task_dir: Path, *, task: str, budget: str, command: str, grid: dict) -> list[Path]:
+    cells, failed = read_cells(task_dir)
+    if not cells:
+        return []
+    rows = choose(cells)
+    base = task_dir.parent / task
+    summary = {"task": task, "budget": budget, "command": command, "budget_settings": grid,
+               "pareto_front": [r["method"] for r in pareto(rows)],
+               "rows": [{k: v for k, v in r.items() if k != "history"} for r in rows],
+               "cells": [c["cell"] for c in cells], "failed": [c["cell"] for c in failed]}
+    outputs = [base.with_suffix(".json"), base.with_suffix(".md"), base.with_suffix(".png")]
+    tmp = base.with_name(f".{task}.json.tmp")
+    tmp.write_text(json.dumps(summary, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(outputs[0])
+    tmp = base.with_name(f".{task}.md.tmp")
+    tmp.write_text(markdown(task, budget, command, grid, rows, cells, failed), encoding="utf-8")
+    tmp.replace(outputs[1])
+    plot(rows, outputs[2], f"{task}, budget {budget}: test micro-F1 against trainable parameters")
+    return outputs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("task_dir", type=Path, help="results/<budget>/<task>, the folder that holds cells/")
+    args = ap.parse_args()
+    if not (args.task_dir / "cells").is_dir():
+        print(f"error: {args.task_dir}: no cells/ folder (run benchmarks/harness.py first)", file=sys.stderr)
+        return 2
+    summary = args.task_dir.parent / f"{args.task_dir.name}.json"
+    old = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else {}
+    for p in write_reports(args.task_dir, task=args.task_dir.name, budget=args.task_dir.parent.name,
+                           command=old.get("command", "python benchmarks/report.py " + str(args.task_dir)),
+                           grid=old.get("budget_settings", {})):
+        print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

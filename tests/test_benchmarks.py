@@ -1,0 +1,202 @@
+"""The benchmark harness: a tiny grid end to end (cells, resume, report, plot), its selection and
+Pareto rules, and its errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, write_recipe
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import harness  # noqa: E402
+import report  # noqa: E402
+
+
+def _grid(path: Path, lora: Path, head: Path, backbone: Path, lora_lrs=(5e-3, 3e-2)) -> Path:
+    path.write_text(f"""
+budgets:
+  smoke: {{overrides: [training.epochs=1], sweep: false}}
+  cpu:   {{overrides: [training.epochs=2, data.max_train_examples=96]}}
+tasks:
+  toy:
+    reference:
+      stock: {{train: toy/train.txt, dev: toy/dev.txt, test: toy/test.txt, backbone: {backbone}, epochs: 1, lr: 1.0e-2}}
+    methods:
+      head-only: {{recipe: {head}, sweep: {{training.head_lr: [1.0e-2]}}}}
+      lora: {{recipe: {lora}, sweep: {{training.lr: [{', '.join(repr(v) for v in lora_lrs)}]}}}}
+""", encoding="utf-8")
+    return path
+
+
+def _harness(*args, env_data: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PEFT_TAGS_DATA": str(env_data), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "harness.py"), *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.integration
+def test_grid_end_to_end_resume_and_report(tmp_path, tiny_backbone, toy_data):
+    lora = write_recipe(tmp_path / "lora.yaml", tiny_backbone, toy_data, tmp_path / "unused", epochs=3)
+    head = write_recipe(tmp_path / "head.yaml", tiny_backbone, toy_data, tmp_path / "unused", method="head-only", epochs=3)
+    grid = _grid(tmp_path / "grid.yaml", lora, head, tiny_backbone)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    common = ("--budget", "cpu", "--grid", grid, "--results", results, "--runs", runs)
+
+    done = _harness(*common, env_data=toy_data)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    # progress: which cell runs, and an estimate for the rest once one cell has finished
+    assert "[1/4] toy stock-hf@lr=1e-2" in done.stdout
+    assert "[4/4] toy lora@lr=3e-2" in done.stdout
+    assert "then 0 more cells" in done.stdout and "all done about" in done.stdout
+
+    cells = {p.stem: json.loads(p.read_text()) for p in (results / "cpu" / "toy" / "cells").glob("*.json")}
+    assert set(cells) == {"stock-hf@lr=1e-2", "head-only@head_lr=1e-2", "lora@lr=5e-3", "lora@lr=3e-2"}
+    for c in cells.values():
+        assert c["status"] == "ok"
+        for key in ("dev_micro_f1", "dev_macro_f1", "test_micro_f1", "test_macro_f1", "train_titles_per_s",
+                    "eval_titles_per_s", "peak_memory_mb", "train_seconds", "seed"):
+            assert c[key] is not None, key
+        assert c["saved_file_bytes"] > 0
+        p = c["parameters"]
+        assert p["trainable"] == p["adapter"] + p["head"] > 0
+        for key in ("git_commit", "git_dirty", "torch", "peft", "cpu", "threads"):
+            assert key in c["provenance"]
+    assert cells["lora@lr=5e-3"]["overrides"][-1] == "training.lr=0.005"
+    assert "data.max_train_examples=96" in cells["lora@lr=3e-2"]["command"]
+    assert cells["head-only@head_lr=1e-2"]["parameters"]["adapter"] == 0
+    assert len(cells["lora@lr=5e-3"]["history"]) == 2  # the budget's epochs, not the recipe's 3
+
+    summary = json.loads((results / "cpu" / "toy.json").read_text())
+    rows = {r["method"]: r for r in summary["rows"]}
+    lora_cells = [cells["lora@lr=5e-3"], cells["lora@lr=3e-2"]]
+    best = max(lora_cells, key=lambda c: c["dev_micro_f1"])
+    assert rows["lora"]["cell"] == best["cell"]  # chosen on dev
+    assert rows["lora"]["test_micro_f1"] == best["test_micro_f1"]
+    assert sorted(f for _, f in rows["lora"]["dev_by_value"]) == sorted(c["dev_micro_f1"] for c in lora_cells)
+    md = (results / "cpu" / "toy.md").read_text()
+    assert md.count("\n| ") == 1 + 3 and "(1.00×)" in md and "toy.png" in md
+    assert (results / "cpu" / "toy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    front = summary["pareto_front"]
+    assert front and front[0] == min(summary["rows"], key=lambda r: r["parameters"]["trainable"])["method"]
+
+    # resume: nothing finished runs again; a new sweep value runs alone
+    stamps = {p: p.stat().st_mtime_ns for p in (results / "cpu" / "toy" / "cells").glob("*.json")}
+    again = _harness(*common, "--dry-run", env_data=toy_data)
+    assert again.returncode == 0 and "4 cells, 0 to run" in again.stdout
+    _grid(grid, lora, head, tiny_backbone, lora_lrs=(5e-3, 3e-2, 1e-2))
+    more = _harness(*common, env_data=toy_data)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "[1/1] toy lora@lr=1e-2" in more.stdout
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    rows = {r["method"]: r for r in json.loads((results / "cpu" / "toy.json").read_text())["rows"]}
+    assert [v for v, _ in rows["lora"]["dev_by_value"]] == [5e-3, 1e-2, 3e-2]
+
+
+def test_a_changed_recipe_makes_its_cells_stale(tmp_path, tiny_backbone, toy_data):
+    lora = write_recipe(tmp_path / "lora.yaml", tiny_backbone, toy_data, tmp_path / "unused")
+    head = write_recipe(tmp_path / "head.yaml", tiny_backbone, toy_data, tmp_path / "unused", method="head-only")
+    grid = _grid(tmp_path / "grid.yaml", lora, head, tiny_backbone)
+    cell = next(c for c in harness.load_grid(grid, "cpu") if c.method == "lora")
+    before = harness.fingerprint(cell)
+    assert harness.fingerprint(cell) == before
+    write_recipe(lora, tiny_backbone, toy_data, tmp_path / "elsewhere")  # only the output dir differs
+    assert harness.fingerprint(cell) == before
+    write_recipe(lora, tiny_backbone, toy_data, tmp_path / "unused", batch_size=4)
+    assert harness.fingerprint(cell) != before
+
+
+def test_cells_are_ordered_round_robin_and_smoke_takes_the_first_value(tmp_path, tiny_backbone, toy_data):
+    lora = write_recipe(tmp_path / "lora.yaml", tiny_backbone, toy_data, tmp_path / "o")
+    head = write_recipe(tmp_path / "head.yaml", tiny_backbone, toy_data, tmp_path / "o", method="head-only")
+    grid = _grid(tmp_path / "grid.yaml", lora, head, tiny_backbone)
+    assert [c.name for c in harness.load_grid(grid, "cpu")] == [
+        "stock-hf@lr=1e-2", "head-only@head_lr=1e-2", "lora@lr=5e-3", "lora@lr=3e-2"]
+    smoke = harness.load_grid(grid, "smoke", methods=["lora"])
+    assert [c.name for c in smoke] == ["lora@lr=5e-3"]
+    assert smoke[0].overrides == ["training.epochs=1", "training.lr=0.005"]
+    stock = harness.load_grid(grid, "cpu", methods=["stock-hf"])[0]
+    cmd = harness.cell_command(stock, tmp_path / "out")
+    assert cmd[cmd.index("--epochs") + 1] == "2" and cmd[cmd.index("--max-train") + 1] == "96"
+
+
+def test_the_shipped_grid_names_real_recipes_for_every_budget():
+    names = set()
+    for budget in harness.BUDGETS:
+        cells = harness.load_grid(REPO / "benchmarks" / "grid.yaml", budget)
+        names |= {c.method for c in cells}
+        for c in cells:
+            harness.fingerprint(c)  # every cell's recipe resolves with its overrides
+    assert {"stock-hf", "head-only", "lora", "full", "adalora", "qlora", "ia3", "prefix", "prompt",
+            "bottleneck-houlsby", "bottleneck-pfeiffer"} <= names
+
+
+@pytest.mark.parametrize("text, message", [
+    ("budgets: {cpu: {}}\n", "needs exactly the keys 'budgets' and 'tasks'"),
+    ("budgets: {smoke: {}}\ntasks: {t: {methods: {}}}\n", "budgets.cpu is not defined (defined: smoke)"),
+    ("budgets: {cpu: {overrides: [epochs]}}\ntasks: {t: {methods: {}}}\n", "budgets.cpu.overrides: 'epochs' is not key=value"),
+    ("budgets: {cpu: {}}\ntasks: {t: {methods: {m: {recipe: nope.yaml}}}}\n", "tasks.t.methods.m.recipe: no such file: nope.yaml"),
+    ("budgets: {cpu: {}}\ntasks: {t: {methods: {m: {recipe: recipes/jd-ner/lora.yaml, sweep: {training.lr: [fast]}}}}}\n",
+     "tasks.t.methods.m.sweep.training.lr: 'fast' is not a number"),
+    ("budgets: {cpu: {}}\ntasks: {t: {methods: {m: {recipe: recipes/jd-ner/lora.yaml, sweep: {training.lr: [1.0e-3, 1.0e-3]}}}}}\n",
+     "a value is listed twice"),
+    ("budgets: {cpu: {}}\ntasks: {t: {methods: {m: {recipe: recipes/jd-ner/lora.yaml, sweep: {training.nope: [1.0e-3]}}}}}\n",
+     "training.nope"),
+    ("budgets: [cpu\n", "grid.yaml:2: not valid YAML"),
+])
+def test_grid_mistakes_end_in_one_line(tmp_path, capsys, text, message):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(text, encoding="utf-8")
+    assert harness.main(["--budget", "cpu", "--grid", str(grid), "--dry-run", "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err
+
+
+def test_an_unknown_method_filter_is_named(capsys):
+    assert harness.main(["--budget", "cpu", "--method", "lora,lorax", "--dry-run"]) == 2
+    assert "--method: no method 'lorax'" in capsys.readouterr().err
+
+
+def test_a_dirty_tree_writes_apart(monkeypatch, capsys):
+    monkeypatch.setattr(harness, "tree_state", lambda: ("abc", True))
+    assert harness.main(["--budget", "smoke", "--method", "lora", "--dry-run"]) == 0
+    assert str(Path("benchmarks/results/grid-dirty/smoke")) in capsys.readouterr().out
+    monkeypatch.setattr(harness, "tree_state", lambda: ("abc", False))
+    assert harness.main(["--budget", "smoke", "--method", "lora", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert str(Path("benchmarks/results/grid/smoke")) in out and "grid-dirty" not in out
+
+
+def _row(method, trainable, test, dev=0.5, kind="recipe"):
+    return {"method": method, "kind": kind, "parameters": {"trainable": trainable}, "test_micro_f1": test, "dev_micro_f1": dev}
+
+
+def test_pareto_front_keeps_only_rows_nothing_beats():
+    rows = [_row("a", 10, 0.5), _row("b", 100, 0.4), _row("c", 100, 0.7), _row("d", 1000, 0.65), _row("e", 5000, 0.72)]
+    assert [r["method"] for r in report.pareto(rows)] == ["a", "c", "e"]
+
+
+def test_selection_is_on_dev_not_test():
+    cells = [{**_row("m", 10, test=0.9, dev=0.6), "sweep": {"training.lr": 1e-3}, "cell": "m@1"},
+             {**_row("m", 10, test=0.5, dev=0.7), "sweep": {"training.lr": 3e-3}, "cell": "m@3"}]
+    (row,) = report.choose(cells)
+    assert row["cell"] == "m@3" and row["test_micro_f1"] == 0.5 and row["dev_by_value"] == [[1e-3, 0.6], [3e-3, 0.7]]
+
+
+def test_progress_estimates_by_method_then_by_all():
+    p = harness.Progress(5)
+    assert p.estimate("lora") is None and p.eta(["lora"]) is None
+    p.learn("lora", 100.0)
+    p.learn("lora", 200.0)
+    p.learn("full", 600.0)
+    assert p.estimate("lora") == 150.0 and p.estimate("ia3") == 300.0
+    assert p.eta(["lora", "full", "ia3"]) == 150.0 + 600.0 + 300.0
+
+
+def test_short_float():
+    assert [harness.short_float(v) for v in (1e-3, 2.5e-4, 0.1, 3e-2, 1.0)] == ["1e-3", "2.5e-4", "1e-1", "3e-2", "1e0"]
