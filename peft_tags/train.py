@@ -16,6 +16,7 @@ import random
 import resource
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -465,7 +466,10 @@ class TrainRun:
         try:
             if hasattr(model, "peft_config"):
                 model.peft_config["default"].base_model_name_or_path = self.recipe.backbone.name
-                model.save_pretrained(str(tmp), save_embedding_layers=False)  # adapter_config.json + adapter_model.safetensors (with head)
+                with warnings.catch_warnings():
+                    # AdaLoRA may prune a matrix to rank 0; peft takes the empty tensors for unsharded DeepSpeed ones
+                    warnings.filterwarnings("ignore", message=r"Adapter '.*': \d+ LoRA tensor\(s\) have invalid shape")
+                    model.save_pretrained(str(tmp), save_embedding_layers=False)  # adapter_config.json + adapter_model.safetensors (with head)
             elif self.recipe.method.name == "full":
                 model.save_pretrained(str(tmp / "model"))
             head = {k: v.detach().cpu().contiguous() for k, v in head_module(model, HEAD_NAME).state_dict().items()}

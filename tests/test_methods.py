@@ -205,3 +205,40 @@ def test_adalora_makes_up_a_skipped_final_allocation(tiny_backbone, toy_data):
         opt.zero_grad()
     pattern = config.rank_pattern
     assert pattern is not None and sum(sum(v) for v in pattern.values()) == config.target_r * len(pattern)
+
+
+@pytest.mark.parametrize("steps", [2, 3, 5, 14, 1000])
+def test_adalora_schedule_scores_before_it_allocates(steps):
+    from peft_tags.methods.adalora import AdaLoraOptions, schedule
+
+    tinit, tfinal, total = schedule(AdaLoraOptions(), steps)
+    boundary = total - tfinal
+    assert total == steps and 0 <= tinit < boundary <= total and boundary >= 2  # step 1 scores importance
+    if steps == 1000:
+        assert (tinit, boundary) == (100, 700)
+
+
+def test_adalora_on_two_steps_trains_and_fixes_ranks(tmp_path, tiny_backbone, toy_data):
+    """The shortest run (the benchmark's smoke budget) allocates the budget once and finishes."""
+    from conftest import write_recipe
+    from peft_tags.cli import main as cli_main
+
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_data, tmp_path / "out", method="adalora",
+                          method_options={"init_r": 4, "target_r": 2, "target_modules": ["query", "value"]}, epochs=1,
+                          batch_size=16)
+    assert cli_main(["train", str(recipe), "data.max_train_examples=32"]) == 0
+    config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    ranks = [sum(v) for v in config["rank_pattern"].values()]
+    assert sum(ranks) == 2 * len(ranks)  # average rank target_r
+
+
+def test_adalora_on_one_step_is_a_clear_error(tmp_path, tiny_backbone, toy_data, capsys):
+    from conftest import write_recipe
+    from peft_tags.cli import main as cli_main
+
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_data, tmp_path / "out", method="adalora",
+                          method_options={"init_r": 4, "target_r": 2}, epochs=1, batch_size=16)
+    capsys.readouterr()
+    rc = cli_main(["train", str(recipe), "data.max_train_examples=16"])
+    from test_errors import _assert_clean_failure
+    _assert_clean_failure(rc, capsys.readouterr().err, "adalora needs at least 2 optimizer steps (one to score", tmp_path)

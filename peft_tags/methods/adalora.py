@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import UserError
 from . import Context, register
 from ._common import check_targets, get_peft_model
 
@@ -63,12 +64,17 @@ class AdaLoraOptions:
 
 
 def schedule(options: AdaLoraOptions, total_steps: int) -> tuple[int, int, int]:
-    """peft's (tinit, tfinal, total_step) for a run of ``total_steps`` optimizer steps.
+    """peft's (tinit, tfinal, total_step) for a run of ``total_steps`` (>= 2) optimizer steps.
 
-    peft needs tinit < total_step - tfinal; a run too short for that gets one budgeting step."""
-    total = max(total_steps, 2)
+    peft scores importance only at steps before total_step - tfinal and fixes the ranks at that
+    step, so it must come at step 2 or later (a final allocation without any score fails), and
+    after tinit. A run too short for the fractions gets one scoring step and one allocation."""
+    if total_steps < 2:
+        raise UserError(f"method: adalora needs at least 2 optimizer steps (one to score importance, one to allocate "
+                        f"the budget); this run has {total_steps}: train longer or on more examples")
+    total = total_steps
     tinit = int(options.budget_start * total)
-    end = max(int(options.budget_end * total), tinit + 1)
+    end = max(int(options.budget_end * total), tinit + 1, 2)
     end = min(end, total)
     if tinit >= end:
         tinit = end - 1
