@@ -1,4 +1,4 @@
-"""The ``peft-tags`` command: train, validate, ls, predict, export.
+"""The ``peft-tags`` command: train, validate, ls, predict, export, derive-tags.
 
 Mistakes a user can make end in one line per problem on stderr and exit code 2; anything
 else is a bug and keeps its traceback.
@@ -66,7 +66,11 @@ def _predict(args) -> int:
     if args.output and not Path(args.output).resolve().parent.is_dir():
         raise UserError(f"--output: no directory '{Path(args.output).parent}' to write into")
     tagger = Tagger.load(args.output_dir)
-    results = tagger.tag(titles, batch_size=args.batch_size)
+    choices = {k: v for k, v in (("top_k", args.top_k), ("threshold", args.threshold)) if v is not None}
+    if choices and tagger.meta.get("task", "tagging") != "multilabel":
+        raise UserError(f"--{next(iter(choices)).replace('_', '-')}: only for multi-label runs; "
+                        f"'{args.output_dir}' is a {tagger.meta.get('task', 'tagging')} run")
+    results = tagger.tag(titles, batch_size=args.batch_size, **choices)
     if args.output:
         tmp = Path(args.output).with_name(Path(args.output).name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
@@ -78,7 +82,7 @@ def _predict(args) -> int:
     for title, tags in zip(titles, results):
         print(title)
         for t in tags:
-            print(f"  {t.label}\t{t.text}\t{t.start}\t{t.end}")
+            print(f"  {t.tag}\t{t.score:.3f}" if hasattr(t, "score") else f"  {t.label}\t{t.text}\t{t.start}\t{t.end}")
     return 0
 
 
@@ -113,6 +117,19 @@ def _read_titles(path: Path) -> list[str]:
     return titles
 
 
+def _derive_tags(args) -> int:
+    from .derive import derive_tags
+
+    stats = derive_tags(args.source, args.dest, types=args.types.split(","), min_count=args.min_count,
+                        data_root=args.data_root, overwrite=args.overwrite)
+    print(f"{stats['vocabulary']} tags (types {','.join(stats['types'])}, in >= {stats['min_count']} training titles) "
+          f"-> {args.dest}")
+    for split, s in stats["splits"].items():
+        print(f"  {split}: {s['titles']} titles, {s['tags_per_title']} tags per title, {s['titles_without_tags']} without tags; "
+              f"{s['out_of_vocabulary']} tag occurrences outside the vocabulary ({s['out_of_vocabulary_pct']}%)")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
@@ -138,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--input", help="JSON lines with a 'text' field")
     pr.add_argument("--output", help="write JSON lines here instead of printing")
     pr.add_argument("--batch-size", type=_positive_int, default=32)
+    pr.add_argument("--top-k", type=_positive_int, default=None, help="multi-label runs: at most K tags per title")
+    pr.add_argument("--threshold", type=float, default=None,
+                    help="multi-label runs: one decision threshold for every tag instead of the ones tuned on dev")
     pr.set_defaults(func=_predict)
     ex = sub.add_parser("export", help="merge the adapter into the backbone (de-quantised first, for QLoRA) and "
                                        "write a standalone transformers model")
@@ -145,6 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("dest", help="directory to write (an output directory of method 'full')")
     ex.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
     ex.set_defaults(func=_export)
+    dt = sub.add_parser("derive-tags", help="derive a multi-label tag set (train/dev/test.jsonl) from span-tagged titles")
+    dt.add_argument("source", help="folder with train.txt, dev.txt, test.txt (CoNLL), under the data root or a path")
+    dt.add_argument("dest", help="folder to write")
+    dt.add_argument("--types", default="11,5,7,16,14,8,12",
+                    help="comma-separated span types whose values become tags (default: jd-ner's function, use, "
+                         "place of use, colour, style, target user, material)")
+    dt.add_argument("--min-count", type=_positive_int, default=8, help="keep tags found in at least N training titles")
+    dt.add_argument("--data-root", default=None, help="default: $PEFT_TAGS_DATA, else ../shared/data")
+    dt.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
+    dt.set_defaults(func=_derive_tags)
     return p
 
 

@@ -17,6 +17,10 @@ Formats (``fmt``):
 ``jsonl``
     ``{"text": str, "spans": [{"start": int, "end": int, "label": str}, ...]}`` per line.
     Overlapping spans are an error.
+``tags``
+    ``{"text": str, "tags": [str, ...]}`` per line, for the multi-label task: a title and its
+    tags (``[]`` for none). Tags are stripped of surrounding white space; a tag listed twice
+    counts once; an empty or non-string tag is an error naming the line.
 ``attribute-value``
     The OA-Mine / AE-110K form ``{"input": title, "category": ..., "target_scores":
     {attribute: {value: 1}}}``. Each value is located in the title (exact match preferred
@@ -45,7 +49,7 @@ from .errors import UserError, nearest
 
 log = logging.getLogger("peft_tags.data")
 
-FORMATS = ("conll", "jsonl", "attribute-value")
+FORMATS = ("conll", "jsonl", "attribute-value", "tags")
 DATA_ENV = "PEFT_TAGS_DATA"
 DEFAULT_DATA_ROOT = "../shared/data"
 
@@ -66,6 +70,20 @@ class Example:
     text: str
     spans: list[Span]
     source: str
+
+
+@dataclass
+class TagExample:
+    """One title and its tags (the multi-label task); ``source`` is ``"path:line"``."""
+
+    text: str
+    tags: list[str]
+    source: str
+
+
+def tag_set(examples) -> list[str]:
+    """The sorted distinct tags of ``examples`` (:class:`TagExample`)."""
+    return sorted({t for ex in examples for t in ex.tags})
 
 
 @dataclass
@@ -218,17 +236,24 @@ def read_examples_with_stats(
         examples = _read_conll(path, lines, stats, max_examples, strict)
     elif fmt == "jsonl":
         examples = _read_jsonl(path, lines, max_examples)
+    elif fmt == "tags":
+        examples = _read_tags(path, lines, max_examples)
     else:
         examples = _read_attribute_value(path, lines, stats, max_examples)
     if not examples:
         raise UserError(f"{path}: no examples (the file is empty or has only blank lines)")
     for ex in examples:
         ex.text = normalize_text(ex.text, fullwidth_to_halfwidth, lowercase)
-        ex.spans.sort()
+        if fmt != "tags":
+            ex.spans.sort()
     stats.examples = len(examples)
-    stats.spans = sum(len(ex.spans) for ex in examples)
     stats.characters = sum(len(ex.text) for ex in examples)
-    stats.labels = len(label_set(examples))
+    if fmt == "tags":  # "spans" and "labels" count tags and distinct tags
+        stats.spans = sum(len(ex.tags) for ex in examples)
+        stats.labels = len(tag_set(examples))
+    else:
+        stats.spans = sum(len(ex.spans) for ex in examples)
+        stats.labels = len(label_set(examples))
     log.info("%s", stats.summary())
     return examples, stats
 
@@ -390,6 +415,38 @@ def _read_jsonl(path: str, lines: list[str], max_examples) -> list[Example]:
                     f"{b.label} [{b.start}, {b.end})"
                 )
         examples.append(Example(text, spans, where))
+        if max_examples is not None and len(examples) >= max_examples:
+            break
+    return examples
+
+
+def _read_tags(path: str, lines: list[str], max_examples) -> list[TagExample]:
+    """``{"text": str, "tags": [str, ...]}`` per line; a tag listed twice counts once."""
+    examples: list[TagExample] = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        obj = _load_json_line(path, lineno, line)
+        if "text" not in obj:
+            raise UserError(f"{where}: missing field 'text'")
+        text = obj["text"]
+        if not isinstance(text, str):
+            raise UserError(f"{where}: 'text' must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise UserError(f"{where}: 'text' is empty")
+        if "tags" not in obj:
+            raise UserError(f"{where}: missing field 'tags' (use [] for a title without tags)")
+        raw = obj["tags"]
+        if not isinstance(raw, list):
+            raise UserError(f"{where}: 'tags' must be a list of strings, got {type(raw).__name__}")
+        tags: list[str] = []
+        for k, tag in enumerate(raw):
+            if not isinstance(tag, str) or not tag.strip():
+                raise UserError(f"{where}: tags[{k}] must be a non-empty string, got {tag!r}")
+            if tag.strip() not in tags:
+                tags.append(tag.strip())
+        examples.append(TagExample(text, tags, where))
         if max_examples is not None and len(examples) >= max_examples:
             break
     return examples

@@ -4,6 +4,12 @@
 >>> tagger = Tagger.load("runs/jd-ner-lora")
 >>> tagger.tag(["华为P30手机壳硅胶防摔"])
 [[Tag(label='37', text='华为', start=0, end=2), ...]]
+
+A multi-label run loads as a :class:`TagClassifier` (a Tagger whose ``tag`` returns
+:class:`ScoredTag` lists, highest score first, decided by the thresholds tuned on dev):
+
+>>> Tagger.load("runs/jd-tags/lora").tag(["儿童防水手表"])
+[[ScoredTag(tag='防水', score=0.93), ScoredTag(tag='儿童', score=0.88)]]
 """
 from __future__ import annotations
 
@@ -35,6 +41,15 @@ class Tag:
         return {"label": self.label, "text": self.text, "start": self.start, "end": self.end}
 
 
+@dataclass(frozen=True)
+class ScoredTag:
+    tag: str
+    score: float
+
+    def as_dict(self) -> dict:
+        return {"tag": self.tag, "score": round(self.score, 4)}
+
+
 @torch.no_grad()
 def predict_log_probs(model, codec: TaggingCodec, encoded: list[Encoded], batch_size: int, device) -> list[np.ndarray]:
     """Log-probabilities [n_tokens, slots, labels] for each encoded title; batches sorted by length."""
@@ -59,6 +74,7 @@ class Tagger:
 
     def __init__(self, model, codec: TaggingCodec, recipe, device):
         self.model, self.codec, self.recipe, self.device = model, codec, recipe, device
+        self.meta: dict = {}  # labels.json of the run
 
     @classmethod
     def load(cls, output_dir: str | Path, device: str | None = None) -> "Tagger":
@@ -80,7 +96,14 @@ class Tagger:
             raise UserError(f"{out}: incomplete output of method '{method}' (missing {', '.join(missing)})")
         meta = json.loads((out / "labels.json").read_text(encoding="utf-8"))
         backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.cache_dir)
-        codec = TaggingCodec(load_tokenizer(backbone), meta["types"], meta["slots"], meta["max_length"])
+        if meta.get("task", "tagging") == "multilabel":
+            from .tasks.multilabel import MultiLabelCodec
+
+            cls = TagClassifier
+            codec = MultiLabelCodec(load_tokenizer(backbone), meta["tags"], meta["max_length"], meta["pooling"])
+        else:
+            cls = Tagger
+            codec = TaggingCodec(load_tokenizer(backbone), meta["types"], meta["slots"], meta["max_length"])
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         with torch.random.fork_rng(devices=[]):  # building a model seeds torch; not the caller's RNG
             model = _build(out, recipe, backbone, codec.num_outputs, device)
@@ -88,7 +111,9 @@ class Tagger:
         if recipe.backbone.quantization == "none":  # a quantised model is placed on the device as it loads
             model.to(device)
         model.eval()
-        return cls(model, codec, recipe, device)
+        tagger = cls(model, codec, recipe, device)
+        tagger.meta = meta
+        return tagger
 
     def tag(self, titles: list[str], batch_size: int = 32) -> list[list[Tag]]:
         """Tags of each title, as label, text, start, end (character offsets into the title).
@@ -109,6 +134,40 @@ class Tagger:
         scores = predict_log_probs(self.model, self.codec, encoded, batch_size, self.device)
         spans = [self.codec.decode(t, e, log_probs=lp) for t, e, lp in zip(norm, encoded, scores)]
         return [[Tag(s.label, title[s.start : s.end], s.start, s.end) for s in ss] for title, ss in zip(titles, spans)]
+
+
+class TagClassifier(Tagger):
+    """A trained multi-label tagger: the tags of a title from the run's vocabulary, with scores."""
+
+    def tag(self, titles: list[str], batch_size: int = 32, top_k: int | None = None,
+            threshold: float | None = None) -> list[list[ScoredTag]]:
+        """Tags of each title, highest score first. By default the run's decision rule: the
+        thresholds tuned on dev (per tag or global, as the recipe said) and its top-k;
+        ``threshold`` replaces them by one value, ``top_k`` caps the tags per title."""
+        import numpy as np
+
+        from .tasks.multilabel import decide, predict_probs
+
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {batch_size}")
+        if top_k is not None and top_k < 1:
+            raise UserError(f"top_k must be at least 1, got {top_k}")
+        if threshold is not None and not 0.0 < threshold < 1.0:
+            raise UserError(f"threshold must be between 0 and 1, got {threshold}")
+        if not titles:
+            return []
+        d = self.recipe.data
+        encoded = self.codec.encode([normalize_text(t, d.fullwidth_to_halfwidth, d.lowercase) for t in titles])
+        probs = predict_probs(self.model, self.codec, encoded, batch_size, self.device)
+        th = self.meta["thresholds"]
+        if threshold is not None:
+            rule = threshold
+        elif th["rule"] == "per-tag":
+            rule = np.array([th["per_tag"][t] for t in self.codec.tags])
+        else:
+            rule = th["global"]
+        picked = decide(probs, rule, top_k or th.get("top_k"))
+        return [[ScoredTag(self.codec.tags[j], float(p[j])) for j in row] for row, p in zip(picked, probs)]
 
 
 METHOD_FILES = {

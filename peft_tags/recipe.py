@@ -25,8 +25,11 @@ import yaml
 
 from .errors import UserError, nearest
 
-TASK_TYPES = ("tagging",)
-DATA_FORMATS = ("conll", "jsonl", "attribute-value")
+TASK_TYPES = ("tagging", "multilabel")
+DATA_FORMATS = ("conll", "jsonl", "attribute-value", "tags")
+POOLING = ("mean", "first")
+POS_WEIGHT = ("none", "sqrt", "balanced")
+THRESHOLDS = ("per-tag", "global")
 SCHEDULES = ("linear", "cosine", "constant")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 LOG_WITH = ("tensorboard", "none")
@@ -82,7 +85,17 @@ class BackboneSection:
 @dataclass
 class TaskSection:
     type: str = _f("tagging", "task type: " + ", ".join(TASK_TYPES), choices=TASK_TYPES)
-    slots: int = _f(4, "how many characters one token can label (1..16)", ge=1, le=16)
+    slots: int = _f(4, "tagging: how many characters one token can label (1..16)", ge=1, le=16)
+    pooling: str = _f("mean", "multilabel: the title's representation, " + " or ".join(POOLING)
+                      + " (mean over its tokens, or the first token)", choices=POOLING)
+    pos_weight: str = _f("none", "multilabel: weight of a tag's positives in the loss: none, sqrt or balanced "
+                         "((titles without / with the tag in train), or its square root), capped at pos_weight_cap",
+                         choices=POS_WEIGHT)
+    pos_weight_cap: float = _f(50.0, "multilabel: the largest positive weight (>= 1)", ge=1)
+    thresholds: str = _f("per-tag", "multilabel: decision thresholds tuned on dev, per-tag (a tag with fewer than "
+                         "min_tag_support dev titles uses the global one) or one global", choices=THRESHOLDS)
+    min_tag_support: int = _f(5, "multilabel: dev titles a tag needs for a threshold of its own (>= 1)", ge=1)
+    top_k: int | None = _f(None, "multilabel: at most this many tags per title (the highest scores); null: no limit", ge=1)
 
 
 @dataclass(kw_only=True)
@@ -173,6 +186,12 @@ class Recipe:
         if self.backbone.quantization != "none" and self.method.name == "full":
             problems.append(("backbone.quantization", "a quantised backbone is frozen; it cannot be combined with "
                                                       "method 'full' (use lora, or quantization: none)"))
+        if self.task.type == "multilabel" and self.data.format != "tags":
+            problems.append(("data.format", f"task multilabel reads 'tags' files ({{\"text\": ..., \"tags\": [...]}} per "
+                                            f"line), not '{self.data.format}'"))
+        if self.task.type == "tagging" and self.data.format == "tags":
+            problems.append(("data.format", "'tags' files hold no spans; task tagging reads conll, jsonl or "
+                                            "attribute-value (or set task.type: multilabel)"))
         if self.training.resume and self.output.overwrite:
             problems.append(("training.resume", "cannot be combined with output.overwrite: true "
                                                 "(overwrite would delete the run to resume)"))

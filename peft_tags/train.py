@@ -24,15 +24,14 @@ import torch
 
 from . import __version__
 from .backbones import resolve_backbone
-from .data import label_set, read_examples, resolve_data_path
+from .data import read_examples, resolve_data_path
 from .errors import UserError
-from .metrics import span_f1
 from . import methods
 from .model import (HEAD_NAME, apply_method, build_token_classifier, check_max_length, is_head_param,
-                    load_tokenizer, parameter_counts, quiet_transformers, token_logits)
-from .predict import head_module, predict_log_probs
+                    load_tokenizer, parameter_counts, quiet_transformers)
+from .predict import head_module
 from .recipe import Recipe, dump_recipe, recipe_to_dict
-from .tasks.tagging import TaggingCodec, collate, loss_fn
+from .tasks import make_task
 
 log = logging.getLogger("peft_tags.train")
 
@@ -168,17 +167,10 @@ class TrainRun:
             self._restore()
 
     def _prepare_data(self, tokenizer) -> None:
-        """Tokenize every split once; report what the token alignment cannot represent."""
-        r = self.recipe
-        self.codec = TaggingCodec(tokenizer, self.types, r.task.slots, r.backbone.max_length)
-        self.encoded = {k: self.codec.encode([e.text for e in v], v) for k, v in self.data.items()}
-        self.alignment = {k: self.codec.alignment_stats([e.text for e in v], v, self.encoded[k])
-                          for k, v in self.data.items() if k != "train"}
-        for split, st in self.alignment.items():
-            log.info("%s: %d spans, %d (%.2f%%) lost to tokenization with %d slot(s) per token at %.3f tokens/char "
-                     "(one label per token: %.2f%% lost; one token per character: %.3f tokens/char)",
-                     split, st["spans"], st["spans_lost"], st["spans_lost_pct"], st["slots"], st["tokens_per_char"],
-                     st["one_label_per_token_spans_lost_pct"], st["one_token_per_char_tokens_per_char"])
+        """Tokenize every split once; report what the encoding cannot represent."""
+        self.task = make_task(self.recipe, tokenizer, self.data["train"])
+        self.encoded = {k: self.task.encode(v) for k, v in self.data.items()}
+        self.task.describe(self.data, self.encoded)
 
     def _prepare_training(self, backbone: str, pad_id: int) -> None:
         """Model with its method, the one ``prepare`` call, the schedule and the loop state."""
@@ -186,7 +178,7 @@ class TrainRun:
 
         r, t = self.recipe, self.recipe.training
         b = r.backbone
-        model = build_token_classifier(backbone, self.codec.num_outputs, t.seed, b.quantization, b.double_quantization,
+        model = build_token_classifier(backbone, self.task.num_outputs, t.seed, b.quantization, b.double_quantization,
                                        b.compute_dtype)
         self.method = methods.get(r.method.name)
         lengths = [len(e.input_ids) for e in self.encoded["train"]]
@@ -201,7 +193,7 @@ class TrainRun:
         log.info("trainable parameters: adapter %s + backbone %s + head %s = %s of %s (%.3f%%)", f"{p['adapter']:,}",
                  f"{p['backbone']:,}", f"{p['head']:,}", f"{p['trainable']:,}", f"{p['all']:,}", p["trainable_pct"])
         loader = torch.utils.data.DataLoader(self.encoded["train"], batch_sampler=self.sampler,
-                                             collate_fn=lambda b: collate(b, pad_id))
+                                             collate_fn=lambda b: self.task.collate(b, pad_id))
         optimizer = torch.optim.AdamW(self._param_groups(model), lr=t.lr)
         self.model, self.optimizer, self.loader = self.acc.prepare(model, optimizer, loader)
         if math.ceil(len(self.loader) / t.grad_accum) != self.steps_per_epoch:  # the schedule AdaLoRA was given
@@ -239,7 +231,6 @@ class TrainRun:
             path = resolve_data_path(rel, d.root, key=f"data.{split}")
             out[split] = read_examples(path, d.format, fullwidth_to_halfwidth=d.fullwidth_to_halfwidth, lowercase=d.lowercase,
                                        max_examples=getattr(d, f"max_{split}_examples"))
-        self.types = label_set(out["train"])
         return out
 
     def _check_output_dir(self) -> None:
@@ -268,7 +259,6 @@ class TrainRun:
         from tqdm.auto import tqdm
 
         t, acc, st = self.recipe.training, self.acc, self.state
-        n_labels = len(self.codec.labels)
         log.info("training: %d epoch(s) x %d optimizer steps (%d titles x %d accumulation x %d process(es) per step)",
                  t.epochs, self.steps_per_epoch, t.batch_size, t.grad_accum, acc.num_processes)
         bar = tqdm(total=self.total_steps, initial=st["step"], disable=not acc.is_local_main_process, desc="train", unit="step")
@@ -286,7 +276,7 @@ class TrainRun:
             for batch in _batches(loader):
                 with acc.accumulate(self.model):
                     logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                    loss = loss_fn(token_logits(logits, batch["input_ids"]), batch["labels"], n_labels)
+                    loss = self.task.loss(logits, batch)
                     if regularizer is not None:
                         extra = regularizer(unwrapped)
                         loss = loss if extra is None else loss + extra
@@ -334,19 +324,21 @@ class TrainRun:
             if self.acc.is_main_process:
                 _atomic_torch_save(self._weights(), self.work / "best.pt")
 
-    def evaluate(self, split: str) -> dict:
-        """Span F1 on a split; each process predicts a shard, the main process scores all."""
+    def evaluate(self, split: str, final: bool = False) -> dict:
+        """The task's scores on a split; each process predicts a shard, every process scores all
+        (so every process holds what scoring tunes, such as thresholds). ``final``: the scores
+        of the chosen model."""
         from accelerate.utils import gather_object
 
         examples, encoded = self.data[split], self.encoded[split]
         rank, world = self.acc.process_index, self.acc.num_processes
         mine = list(range(rank, len(examples), world))
         model = self.acc.unwrap_model(self.model)
-        scores = predict_log_probs(model, self.codec, [encoded[i] for i in mine], 64, self.acc.device)
-        preds = [(i, self.codec.decode(examples[i].text, encoded[i], log_probs=lp)) for i, lp in zip(mine, scores)]
+        raw = self.task.predict(model, [examples[i] for i in mine], [encoded[i] for i in mine], 64, self.acc.device)
+        preds = list(zip(mine, raw))
         preds = sorted(gather_object(preds) if world > 1 else preds, key=lambda p: p[0])
         self.model.train()
-        return span_f1([p for _, p in preds], [e.spans for e in examples])
+        return self.task.score(split, [p for _, p in preds], examples, final)
 
     # ------------------------------------------------------------------ checkpoints
     def _weights(self) -> dict:
@@ -416,7 +408,7 @@ class TrainRun:
         if best.is_file():
             self._load_weights(torch.load(best, weights_only=True))
         tick = time.perf_counter()
-        results = {split: self.evaluate(split) for split in ("dev", "test") if split in self.data}
+        results = {split: self.evaluate(split, final=True) for split in ("dev", "test") if split in self.data}
         eval_seconds = time.perf_counter() - tick
         eval_titles = sum(len(self.data[s]) for s in results)
         if acc.is_main_process:
@@ -440,7 +432,7 @@ class TrainRun:
             "best": st["best"],
             "history": st["history"],
             "parameters": self.params,
-            "alignment": self.alignment,
+            **self.task.metrics(),
             "train_seconds": round(st["train_seconds"], 2),
             "train_titles_per_s": round(st["train_titles"] / max(st["train_seconds"], 1e-9), 2),
             "eval_titles_per_s": round(eval_titles_per_s, 2),
@@ -474,8 +466,7 @@ class TrainRun:
                 model.save_pretrained(str(tmp / "model"))
             head = {k: v.detach().cpu().contiguous() for k, v in head_module(model, HEAD_NAME).state_dict().items()}
             save_file(head, str(tmp / "head.safetensors"))
-            labels = {"task": "tagging", "types": self.codec.types, "labels": self.codec.labels,
-                      "slots": self.codec.slots, "max_length": self.codec.max_length, "num_outputs": self.codec.num_outputs}
+            labels = self.task.meta()
             (tmp / "labels.json").write_text(json.dumps(labels, ensure_ascii=False, indent=1), encoding="utf-8")
             dump_recipe(resolved, tmp / "recipe.yaml")
             (tmp / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
@@ -581,6 +572,16 @@ def _plain_peft_note(method: str) -> list[str]:
     return []
 
 
+def _task_line(recipe: Recipe, m: dict) -> str:
+    t = recipe.task
+    if t.type == "multilabel":
+        th = m.get("thresholds", {})
+        return (f"multi-label tags ({m['tag_stats']['vocabulary']} in the vocabulary), {t.pooling} pooling, sigmoid per tag; "
+                f"decision: {t.thresholds} thresholds tuned on dev (global {th.get('global')})"
+                + (f", at most {t.top_k} tags" if t.top_k else ""))
+    return f"character-span tagging (BIO), {t.slots} label slots per token"
+
+
 def model_card(recipe: Recipe, m: dict) -> str:
     p = m["parameters"]
     test = m["scores"].get("test", {})
@@ -590,11 +591,12 @@ def model_card(recipe: Recipe, m: dict) -> str:
         f"Trained by peft-tags {__version__} from `{m['recipe']}` (resolved recipe: `recipe.yaml`).",
         "",
         "| | |", "|---|---|",
-        f"| task | character-span tagging (BIO), {recipe.task.slots} label slots per token |",
+        f"| task | {_task_line(recipe, m)} |",
         f"| data | train `{recipe.data.train}`, dev `{recipe.data.dev}`, test `{recipe.data.test}` |",
         f"| trainable parameters | adapter {p['adapter']:,} + backbone {p['backbone']:,} + head {p['head']:,} = {p['trainable']:,} ({p['trainable_pct']}% of {p['all']:,}) |",
         f"| test micro P / R / F1 | {test.get('micro_precision', float('nan')):.4f} / {test.get('micro_recall', float('nan')):.4f} / {test.get('micro_f1', float('nan')):.4f} |",
         f"| test macro F1 | {test.get('macro_f1', float('nan')):.4f} |",
+        *([f"| test example-based F1 | {test['example_f1']:.4f} |"] if "example_f1" in test else []),
         f"| best dev epoch | {m['best']['epoch'] if m['best'] else '-'} |",
         f"| training | {m['train_seconds']} s, {m['train_titles_per_s']} titles/s, {m['processes']} process(es) on {m['device']}, precision {m['mixed_precision']} |",
         "",

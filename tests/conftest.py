@@ -41,6 +41,18 @@ def write_conll(path: Path, titles) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+@pytest.fixture(autouse=True)
+def _no_stale_log_handlers():
+    """A training run points the root logger at the stderr pytest captured for that test; later
+    tests would log into a closed stream. Each test starts without those handlers."""
+    yield
+    import logging
+
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+
+
 @pytest.fixture(scope="session")
 def toy_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
@@ -48,6 +60,16 @@ def toy_data(tmp_path_factory) -> Path:
     for split, n, seed in (("train", 160, 1), ("dev", 40, 2), ("test", 40, 3)):
         write_conll(root / "toy" / f"{split}.txt", toy_titles(n, seed))
     return root
+
+
+@pytest.fixture(scope="session")
+def toy_tags(toy_data) -> Path:
+    """The toy titles as a multi-label set (``toy-tags/*.jsonl`` under the same data root): the
+    colour, material and product-word values of each title are its tags."""
+    from peft_tags.derive import derive_tags
+
+    derive_tags(str(toy_data / "toy"), toy_data / "toy-tags", types=["16", "12", "4"], min_count=1)
+    return toy_data
 
 
 @pytest.fixture(scope="session")
@@ -88,8 +110,9 @@ def make_tiny_backbone(out: Path, hidden: int) -> Path:
 
 
 def write_recipe(path: Path, backbone: Path, data_root: Path, out: Path, method: str = "lora", method_options=None,
-                 backbone_options=None, **training) -> Path:
-    """A recipe for the toy data; ``method_options`` (a dict) replaces the default options of ``method``."""
+                 backbone_options=None, task_options=None, **training) -> Path:
+    """A recipe for the toy data; ``method_options`` (a dict) replaces the default options of ``method``.
+    ``task_options`` with ``type: multilabel`` trains on the ``toy_tags`` files instead."""
     import json
 
     train = {"epochs": 3, "batch_size": 8, "lr": 5e-3, "head_lr": 1e-2, "log_with": "none", "seed": 7, **training}
@@ -100,11 +123,16 @@ def write_recipe(path: Path, backbone: Path, data_root: Path, out: Path, method:
     else:
         method_block = f"  name: {method}\n"
     extra_backbone = "".join(f"  {k}: {v}\n" for k, v in (backbone_options or {}).items())
+    task = {"type": "tagging", "slots": 4} if not task_options else dict(task_options)
+    if task.get("type") == "multilabel":
+        files = "  format: tags\n  train: toy-tags/train.jsonl\n  dev: toy-tags/dev.jsonl\n  test: toy-tags/test.jsonl\n"
+    else:
+        files = "  format: conll\n  train: toy/train.txt\n  dev: toy/dev.txt\n  test: toy/test.txt\n"
     path.write_text(
         "backbone:\n"
         f"  name: {backbone}\n  max_length: 64\n{extra_backbone}"
-        "task:\n  type: tagging\n  slots: 4\n"
-        f"data:\n  root: {data_root}\n  format: conll\n  train: toy/train.txt\n  dev: toy/dev.txt\n  test: toy/test.txt\n"
+        "task:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in task.items())
+        + f"data:\n  root: {data_root}\n{files}"
         f"method:\n{method_block}"
         "training:\n" + "".join(f"  {k}: {v}\n" for k, v in train.items())
         + f"output:\n  dir: {out}\n",

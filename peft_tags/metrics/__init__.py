@@ -1,4 +1,4 @@
-"""Metrics: exact-match span F1, as plain Python and as an offline ``evaluate`` module.
+"""Metrics: exact-match span F1 and multi-label tag F1, as plain Python and as an offline ``evaluate`` module.
 
 :func:`span_f1` scores through the ``evaluate`` module loaded from :data:`SPAN_F1_DIR`
 (:func:`load_span_f1`); it never touches the network, but importing ``evaluate`` costs a few
@@ -22,6 +22,7 @@ __all__ = [
     "format_report",
     "load_span_f1",
     "span_f1",
+    "tag_f1",
 ]
 
 
@@ -50,3 +51,17 @@ def span_f1(pred_spans, gold_spans, *, digits: int = 4) -> dict:
     return load_span_f1().compute(
         predictions=[encode_spans(p) for p in pred_spans], references=[encode_spans(g) for g in gold_spans], digits=digits
     )
+
+
+def tag_f1(pred_tags, gold_tags, *, digits: int = 4) -> dict:
+    """Multi-label P/R/F1 of ``pred_tags`` against ``gold_tags`` (lists, one per example, of tag
+    strings): micro, macro (over the tags in the references), example-based and per tag
+    (``per_tag``), through the same offline ``evaluate`` module; tags are items without offsets."""
+    if len(pred_tags) != len(gold_tags):
+        raise ValueError(f"{len(pred_tags)} examples of predictions but {len(gold_tags)} of gold tags")
+    scores = load_span_f1().compute(
+        predictions=[[encode_span(t, 0, 0) for t in p] for p in pred_tags],
+        references=[[encode_span(t, 0, 0) for t in g] for g in gold_tags], digits=digits,
+    )
+    scores["per_tag"] = scores.pop("per_type")
+    return scores

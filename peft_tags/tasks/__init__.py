@@ -1,0 +1,197 @@
+"""The tasks a recipe can train, behind one interface the training loop uses.
+
+A task turns examples into model inputs and targets, computes the loss from the model's
+per-token logits, predicts a split (each process a shard; the predictions are gathered) and
+scores it, and says what goes into ``labels.json`` and ``metrics.json``.
+
+- ``tagging`` (:mod:`.tagging`): character spans, scored by span micro-F1.
+- ``multilabel`` (:mod:`.multilabel`): tags from a vocabulary, scored by tag micro-F1 with
+  thresholds tuned on dev.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+log = logging.getLogger("peft_tags.train")
+
+
+class TaggingTask:
+    name = "tagging"
+
+    def __init__(self, recipe, tokenizer, train_examples):
+        from ..data import label_set
+        from .tagging import TaggingCodec
+
+        self.recipe = recipe
+        self.codec = TaggingCodec(tokenizer, label_set(train_examples), recipe.task.slots, recipe.backbone.max_length)
+        self.stats: dict = {}
+
+    @property
+    def num_outputs(self) -> int:
+        return self.codec.num_outputs
+
+    def encode(self, examples):
+        return self.codec.encode([e.text for e in examples], examples)
+
+    def describe(self, data: dict, encoded: dict) -> None:
+        """Log and keep what the token alignment cannot represent, per scored split."""
+        for split, examples in data.items():
+            if split == "train":
+                continue
+            st = self.codec.alignment_stats([e.text for e in examples], examples, encoded[split])
+            self.stats[split] = st
+            log.info("%s: %d spans, %d (%.2f%%) lost to tokenization with %d slot(s) per token at %.3f tokens/char "
+                     "(one label per token: %.2f%% lost; one token per character: %.3f tokens/char)",
+                     split, st["spans"], st["spans_lost"], st["spans_lost_pct"], st["slots"], st["tokens_per_char"],
+                     st["one_label_per_token_spans_lost_pct"], st["one_token_per_char_tokens_per_char"])
+
+    def collate(self, batch, pad_id: int):
+        from .tagging import collate
+
+        return collate(batch, pad_id)
+
+    def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        from ..model import token_logits
+        from .tagging import loss_fn
+
+        return loss_fn(token_logits(logits, batch["input_ids"]), batch["labels"], len(self.codec.labels))
+
+    def predict(self, model, examples, encoded, batch_size: int, device) -> list:
+        """The decoded spans of each example."""
+        from ..predict import predict_log_probs
+
+        scores = predict_log_probs(model, self.codec, encoded, batch_size, device)
+        return [self.codec.decode(ex.text, enc, log_probs=lp) for ex, enc, lp in zip(examples, encoded, scores)]
+
+    def score(self, split: str, predictions: list, examples, final: bool) -> dict:
+        from ..metrics import span_f1
+
+        return span_f1(predictions, [e.spans for e in examples])
+
+    def meta(self) -> dict:
+        c = self.codec
+        return {"task": "tagging", "types": c.types, "labels": c.labels, "slots": c.slots, "max_length": c.max_length,
+                "num_outputs": c.num_outputs}
+
+    def metrics(self) -> dict:
+        return {"alignment": self.stats}
+
+
+class MultiLabelTask:
+    name = "multilabel"
+
+    def __init__(self, recipe, tokenizer, train_examples):
+        from ..data import tag_set
+        from .multilabel import MultiLabelCodec, positive_weights
+
+        self.recipe = recipe
+        t = recipe.task
+        tags = tag_set(train_examples)
+        self.codec = MultiLabelCodec(tokenizer, tags, recipe.backbone.max_length, t.pooling)
+        weights = positive_weights(train_examples, tags, t.pos_weight, t.pos_weight_cap)
+        self.pos_weight = None if weights is None else torch.from_numpy(weights)
+        self.global_threshold = 0.5
+        self.per_tag = None  # tuned at the end, on dev
+        self.stats: dict = {"vocabulary": len(tags)}
+        self.final: dict = {}
+
+    @property
+    def num_outputs(self) -> int:
+        return self.codec.num_outputs
+
+    def encode(self, examples):
+        return self.codec.encode([e.text for e in examples], examples)
+
+    def describe(self, data: dict, encoded: dict) -> None:
+        """Log and keep per split: tags per title, tags outside the training vocabulary (they count
+        as misses), titles cut at max_length."""
+        vocab = set(self.codec.tags)
+        for split, examples in data.items():
+            n_tags = sum(len(e.tags) for e in examples)
+            outside = [t for e in examples for t in e.tags if t not in vocab]
+            cut = sum(e.truncated for e in encoded[split])
+            st = {"titles": len(examples), "tags": n_tags, "tags_per_title": round(n_tags / len(examples), 3),
+                  "titles_without_tags": sum(not e.tags for e in examples),
+                  "tags_outside_vocabulary": len(outside), "distinct_tags_outside_vocabulary": len(set(outside)),
+                  "titles_cut_at_max_length": cut}
+            self.stats[split] = st
+            log.info("%s: %d titles, %.2f tags per title, %d without tags; %d tag occurrences (%d distinct) outside the "
+                     "%d-tag training vocabulary%s; %d titles cut at %d tokens", split, len(examples), st["tags_per_title"],
+                     st["titles_without_tags"], len(outside), len(set(outside)), len(vocab),
+                     " (they count as misses)" if split != "train" and outside else "", cut, self.codec.max_length)
+
+    def collate(self, batch, pad_id: int):
+        from .multilabel import collate
+
+        return collate(batch, pad_id)
+
+    def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        from ..model import token_logits
+
+        pooled = self.codec.pool(token_logits(logits, batch["input_ids"]).float(), batch["attention_mask"])
+        weight = None if self.pos_weight is None else self.pos_weight.to(pooled.device)
+        return torch.nn.functional.binary_cross_entropy_with_logits(pooled, batch["labels"].float(), pos_weight=weight)
+
+    def predict(self, model, examples, encoded, batch_size: int, device) -> list:
+        """The tag probabilities of each example (a row of the vocabulary's size)."""
+        from .multilabel import predict_probs
+
+        return list(predict_probs(model, self.codec, encoded, batch_size, device))
+
+    def _decide(self, probs: np.ndarray, thresholds) -> list[list[str]]:
+        from .multilabel import decide
+
+        return [[self.codec.tags[j] for j in row] for row in decide(probs, thresholds, self.recipe.task.top_k)]
+
+    def score(self, split: str, predictions: list, examples, final: bool) -> dict:
+        """Dev during training: micro-F1 at the global threshold tuned on it (model selection).
+        Dev at the end: the global and per-tag thresholds are tuned and kept. Every split is then
+        scored with the recipe's decision rule (task.thresholds, task.top_k)."""
+        from ..metrics import tag_f1
+        from .multilabel import multi_hot, tune_global, tune_per_tag
+
+        t = self.recipe.task
+        probs = np.stack(predictions) if predictions else np.zeros((0, self.num_outputs), dtype=np.float32)
+        gold = [e.tags for e in examples]
+        vocab = set(self.codec.tags)
+        if split == "dev":
+            y = multi_hot(examples, self.codec.tags)
+            missed = sum(1 for g in gold for tag in g if tag not in vocab)
+            self.global_threshold, _ = tune_global(probs, y, missed)
+            if final:
+                self.per_tag = tune_per_tag(probs, y, self.global_threshold, t.min_tag_support)
+        rule = self.per_tag if (final and t.thresholds == "per-tag" and self.per_tag is not None) else self.global_threshold
+        scores = tag_f1(self._decide(probs, rule), gold)
+        if final:  # the other rules, for the record
+            scores["by_rule"] = {
+                name: {k: tag_f1(self._decide(probs, th), gold)[k] for k in ("micro_f1", "macro_f1", "example_f1")}
+                for name, th in (("per-tag", self.per_tag), ("global", self.global_threshold), ("0.5", 0.5))
+                if th is not None
+            }
+        return scores
+
+    def thresholds(self) -> dict:
+        per_tag = self.per_tag if self.per_tag is not None else np.full(self.num_outputs, self.global_threshold)
+        return {"rule": self.recipe.task.thresholds, "global": self.global_threshold,
+                "per_tag": {tag: float(th) for tag, th in zip(self.codec.tags, per_tag)},
+                "tuned_per_tag": int((per_tag != self.global_threshold).sum()) if self.per_tag is not None else 0,
+                "min_tag_support": self.recipe.task.min_tag_support, "top_k": self.recipe.task.top_k}
+
+    def meta(self) -> dict:
+        c = self.codec
+        return {"task": "multilabel", "tags": c.tags, "pooling": c.pooling, "max_length": c.max_length,
+                "num_outputs": c.num_outputs, "thresholds": self.thresholds()}
+
+    def metrics(self) -> dict:
+        th = self.thresholds()
+        return {"tag_stats": self.stats, "thresholds": {k: v for k, v in th.items() if k != "per_tag"}}
+
+
+TASKS = {"tagging": TaggingTask, "multilabel": MultiLabelTask}
+
+
+def make_task(recipe, tokenizer, train_examples):
+    return TASKS[recipe.task.type](recipe, tokenizer, train_examples)

@@ -230,21 +230,24 @@ def _past_last_slot(char_token: np.ndarray, slots: int) -> np.ndarray:
     return _positions_in_token(char_token) >= slots
 
 
+def pad_ids(id_lists: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask``, padded to the longest title of the batch."""
+    width = max(len(ids) for ids in id_lists)
+    ids = torch.full((len(id_lists), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(id_lists), width), dtype=torch.long)
+    for i, row in enumerate(id_lists):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
 def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Dynamic padding to the longest title of the batch."""
-    width = max(len(e.input_ids) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    out = {"input_ids": ids, "attention_mask": mask}
+    out = pad_ids([e.input_ids for e in batch], pad_id)
     if batch[0].labels is not None:
-        slots = batch[0].labels.shape[1]
-        out["labels"] = torch.full((len(batch), width, slots), IGNORE, dtype=torch.long)
-    for i, e in enumerate(batch):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        mask[i, :n] = 1
-        if e.labels is not None:
-            out["labels"][i, :n] = torch.from_numpy(e.labels)
+        out["labels"] = torch.full((*out["input_ids"].shape, batch[0].labels.shape[1]), IGNORE, dtype=torch.long)
+        for i, e in enumerate(batch):
+            out["labels"][i, : len(e.input_ids)] = torch.from_numpy(e.labels)
     return out
 
 

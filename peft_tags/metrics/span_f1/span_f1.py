@@ -8,7 +8,9 @@ Load it from this directory (no network needed)::
 
 Each example is a list of spans encoded as ``"label\\tstart\\tend"``. A predicted span counts
 only if an identical (label, start, end) span is in the references of the same example;
-duplicates within an example count once. Zero divisions give 0.0.
+duplicates within an example count once. Zero divisions give 0.0. Multi-label tags are
+scored as spans without offsets (``"tag\\t0\\t0"``): then micro, macro and per-type scores
+are the usual multi-label ones and the example scores are the example-based ones.
 
 The computation is plain Python (:func:`compute_span_f1`), usable without ``evaluate``. This
 file must keep working as a stand-alone script: ``evaluate.load`` copies it alone into its
@@ -34,6 +36,8 @@ Args:
 Returns:
     micro_precision, micro_recall, micro_f1,
     macro_precision, macro_recall, macro_f1: unweighted mean over the types in the references,
+    example_precision, example_recall, example_f1: mean over examples of each example's scores
+        (an example with no reference and no predicted span scores 1),
     per_type: {label: {precision, recall, f1, support}} for every type in references or predictions,
     report: text table like sklearn's classification_report.
 """
@@ -71,9 +75,11 @@ def compute_span_f1(predictions, references, digits: int = 4) -> dict:
     tp: Counter = Counter()
     n_pred: Counter = Counter()
     n_gold: Counter = Counter()
+    per_example = []  # (precision, recall, f1) of each example; an example with nothing to find and nothing found is right
     for pred, gold in zip(predictions, references):
         p = {decode_span(s) if isinstance(s, str) else tuple(s) for s in pred}
         g = {decode_span(s) if isinstance(s, str) else tuple(s) for s in gold}
+        per_example.append((1.0, 1.0, 1.0) if not p and not g else _prf(len(p & g), len(p), len(g)))
         for label, _, _ in p:
             n_pred[label] += 1
         for label, _, _ in g:
@@ -107,6 +113,8 @@ def compute_span_f1(predictions, references, digits: int = 4) -> dict:
         "macro_precision": macro[0],
         "macro_recall": macro[1],
         "macro_f1": macro[2],
+        **{f"example_{k}": (sum(e[i] for e in per_example) / len(per_example) if per_example else 0.0)
+           for i, k in enumerate(("precision", "recall", "f1"))},
         "per_type": per_type,
         "report": format_report(per_type, micro, macro, weighted, total, digits),
     }

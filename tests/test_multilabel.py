@@ -1,0 +1,207 @@
+"""Task `multilabel`: tags from a vocabulary with a sigmoid per tag, thresholds tuned on dev."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, write_recipe
+from peft_tags.cli import main as cli_main
+from peft_tags.tasks.multilabel import GRID, decide, positive_weights, tune_global, tune_per_tag
+
+ML = {"type": "multilabel", "pooling": "mean"}
+
+
+@pytest.fixture(scope="module")
+def ml_run(tmp_path_factory, tiny_backbone, toy_tags):
+    tmp = tmp_path_factory.mktemp("ml")
+    recipe = write_recipe(tmp / "r.yaml", tiny_backbone, toy_tags, tmp / "out", task_options=ML, epochs=8, lr=2e-2,
+                          head_lr=1e-1)
+    assert cli_main(["train", str(recipe)]) == 0
+    return tmp / "out"
+
+
+def test_a_learnable_toy_set_reaches_high_f1(ml_run):
+    m = json.loads((ml_run / "metrics.json").read_text())
+    assert m["task"] == "multilabel"
+    assert m["test_micro_f1"] > 0.85, m["test_micro_f1"]
+    test = m["scores"]["test"]
+    for key in ("micro_precision", "micro_recall", "macro_f1", "example_f1", "per_tag", "by_rule"):
+        assert key in test
+    assert set(test["by_rule"]) == {"per-tag", "global", "0.5"}
+    assert test["by_rule"]["per-tag"]["micro_f1"] == pytest.approx(test["micro_f1"])  # the recipe's rule is per-tag
+    stats = m["tag_stats"]
+    assert stats["vocabulary"] == 9 and stats["test"]["tags_outside_vocabulary"] == 0
+    assert "micro avg" in (ml_run / "test_report.txt").read_text()
+
+
+def test_thresholds_round_trip_into_predict(ml_run):
+    from peft_tags.predict import TagClassifier, Tagger
+
+    meta = json.loads((ml_run / "labels.json").read_text())
+    th = meta["thresholds"]
+    assert th["rule"] == "per-tag" and set(th["per_tag"]) == set(meta["tags"]) and 0 < th["global"] < 1
+    tagger = Tagger.load(ml_run)
+    assert isinstance(tagger, TagClassifier)
+    titles = ["华为黑色硅胶手机壳", "小米白色支架", "得力笔记本"]
+    got = tagger.tag(titles)
+    # the same decisions by hand from the probabilities and the saved thresholds
+    from peft_tags.tasks.multilabel import predict_probs
+
+    probs = predict_probs(tagger.model, tagger.codec, tagger.codec.encode(titles), 8, tagger.device)
+    rule = np.array([th["per_tag"][t] for t in tagger.codec.tags])
+    want = [[tagger.codec.tags[j] for j in row] for row in decide(probs, rule, None)]
+    assert [[t.tag for t in ts] for ts in got] == want
+    assert all(ts == sorted(ts, key=lambda t: -t.score) for ts in got)
+    assert len({t.tag for t in got[0]} & {"黑色", "硅胶", "手机壳"}) >= 2  # its true tags (the model is ~0.9 F1)
+    # one global threshold and a cap, chosen at predict time
+    assert all(len(ts) <= 1 for ts in tagger.tag(titles, threshold=0.01, top_k=1))
+    code = ("import json,sys; from peft_tags.predict import Tagger; "
+            f"print(json.dumps([[t.as_dict() for t in ts] for ts in Tagger.load(sys.argv[1]).tag({titles!r})]))")
+    fresh = subprocess.run([sys.executable, "-c", code, str(ml_run)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert json.loads(fresh.stdout) == [[t.as_dict() for t in ts] for ts in got]
+
+
+def test_cli_predict_prints_tags_with_scores(ml_run, capsys):
+    assert cli_main(["predict", str(ml_run), "华为黑色硅胶手机壳"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "华为黑色硅胶手机壳"
+    tag, score = lines[1].strip().split("\t")
+    assert 0 < float(score) <= 1
+
+
+def test_mean_pooled_logits_are_the_head_on_the_mean_vector(tiny_backbone):
+    """The claim the task rests on: pooling the per-token logits is the head applied to the
+    pooled title vector (mean over the real tokens, or the first token)."""
+    from peft_tags.model import build_token_classifier, load_tokenizer
+    from peft_tags.tasks.multilabel import MultiLabelCodec, collate
+
+    model = build_token_classifier(str(tiny_backbone), 5, seed=0).eval()
+    tok = load_tokenizer(str(tiny_backbone))
+    for pooling in ("mean", "first"):
+        codec = MultiLabelCodec(tok, list("abcde"), 64, pooling)
+        batch = collate(codec.encode(["华为黑色手机壳", "小米"]), tok.pad_token_id)
+        with torch.no_grad():
+            out = model(**batch, output_hidden_states=True)
+            h = out.hidden_states[-1]
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            vec = (h * mask).sum(1) / mask.sum(1) if pooling == "mean" else h[:, 0]
+            torch.testing.assert_close(codec.pool(out.logits, batch["attention_mask"]), model.classifier(vec),
+                                       rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix", "ia3", "bottleneck"])
+def test_every_method_applies_unchanged(tmp_path, tiny_backbone, toy_tags, method):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_tags, tmp_path / "out", method=method,
+                          task_options=ML, epochs=2)
+    assert cli_main(["train", str(recipe)]) == 0
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["parameters"]["adapter"] > 0 and 0.0 <= m["test_micro_f1"] <= 1.0
+    from peft_tags.predict import Tagger
+
+    assert len(Tagger.load(tmp_path / "out").tag(["华为黑色手机壳"])) == 1
+
+
+def test_global_threshold_is_the_best_on_dev():
+    rng = np.random.default_rng(0)
+    gold = rng.random((60, 4)) < 0.3
+    probs = np.clip(gold * 0.35 + rng.random((60, 4)) * 0.5, 0, 1)
+    t, f1 = tune_global(probs, gold)
+    def micro(th):
+        pred = probs >= th
+        return 2 * (pred & gold).sum() / (pred.sum() + gold.sum())
+    assert f1 == pytest.approx(micro(t)) and all(micro(x) <= f1 + 1e-12 for x in GRID)
+    # gold tags outside the vocabulary lower recall, never raise F1
+    assert tune_global(probs, gold, missed=10)[1] < f1
+
+
+def test_per_tag_thresholds_fall_back_for_rare_tags():
+    gold = np.zeros((20, 3), dtype=bool)
+    gold[:10, 0] = True  # frequent tag: separable at 0.7
+    gold[:2, 1] = True  # rare tag: 2 dev titles
+    probs = np.full((20, 3), 0.1)
+    probs[:10, 0], probs[10:, 0] = 0.8, 0.6
+    probs[:2, 1] = 0.9
+    th = tune_per_tag(probs, gold, global_threshold=0.4, min_support=5)
+    assert 0.6 < th[0] <= 0.8  # tuned
+    assert th[1] == 0.4 and th[2] == 0.4  # too few dev titles: the global one
+
+
+def test_decide_orders_by_score_and_caps():
+    probs = np.array([[0.2, 0.9, 0.6], [0.1, 0.1, 0.1]])
+    assert decide(probs, 0.5, None) == [[1, 2], []]
+    assert decide(probs, 0.5, 1) == [[1]]  + [[]]
+    assert decide(probs, np.array([0.1, 0.95, 0.5]), None) == [[2, 0], [0]]
+
+
+def test_positive_weights():
+    from peft_tags.data import TagExample
+
+    ex = [TagExample("a", ["x"], "f:1"), TagExample("b", ["x", "y"], "f:2"), TagExample("c", [], "f:3"),
+          TagExample("d", [], "f:4")]
+    assert positive_weights(ex, ["x", "y"], "none", 50) is None
+    np.testing.assert_allclose(positive_weights(ex, ["x", "y"], "balanced", 50), [1.0, 3.0])
+    np.testing.assert_allclose(positive_weights(ex, ["x", "y"], "sqrt", 50), [1.0, np.sqrt(3.0)])
+    np.testing.assert_allclose(positive_weights(ex, ["x", "y"], "balanced", 2.0), [1.0, 2.0])
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"text": "ab", "tags": ["x", ""]}', ":2: tags[1] must be a non-empty string, got ''"),
+    ('{"text": "ab", "tags": "x"}', ":2: 'tags' must be a list of strings, got str"),
+    ('{"text": "ab", "tags": [3]}', ":2: tags[0] must be a non-empty string, got 3"),
+    ('{"text": "ab"}', ":2: missing field 'tags' (use [] for a title without tags)"),
+    ('{"text": "", "tags": []}', ":2: 'text' is empty"),
+])
+def test_bad_tags_name_the_line(tmp_path, tiny_backbone, toy_tags, capsys, line, message):
+    from test_errors import _assert_clean_failure
+
+    data = tmp_path / "data" / "toy-tags"
+    data.mkdir(parents=True)
+    for split in ("dev", "test"):
+        (data / f"{split}.jsonl").write_text((toy_tags / "toy-tags" / f"{split}.jsonl").read_text(encoding="utf-8"))
+    (data / "train.jsonl").write_text('{"text": "华为黑色", "tags": ["黑色"]}\n' + line + "\n", encoding="utf-8")
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, tmp_path / "data", tmp_path / "out", task_options=ML)
+    capsys.readouterr()
+    rc = cli_main(["train", str(recipe)])
+    _assert_clean_failure(rc, capsys.readouterr().err, "train.jsonl" + message, tmp_path)
+
+
+def test_multilabel_needs_tags_files(tmp_path, tiny_backbone, toy_tags, capsys):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_tags, tmp_path / "out", task_options=ML)
+    assert cli_main(["train", str(recipe), "data.format=conll"]) == 2
+    err = capsys.readouterr().err
+    assert "data.format" in err and "task multilabel reads 'tags' files" in err
+
+
+def test_export_merges_and_keeps_the_decision_rule(ml_run, tmp_path):
+    from peft_tags.export import export
+    from peft_tags.predict import TagClassifier, Tagger
+
+    dest = export(ml_run, tmp_path / "merged")
+    merged = Tagger.load(dest)
+    assert isinstance(merged, TagClassifier) and merged.meta["thresholds"] == Tagger.load(ml_run).meta["thresholds"]
+    titles = ["华为黑色硅胶手机壳", "小米白色支架", "得力笔记本", "晨光红色金属保护套"]
+    a, b = Tagger.load(ml_run).tag(titles), merged.tag(titles)
+    assert [[t.tag for t in ts] for ts in a] == [[t.tag for t in ts] for ts in b]
+    for x, y in zip(a, b):
+        np.testing.assert_allclose([t.score for t in x], [t.score for t in y], atol=1e-5)
+
+
+def test_cli_predict_choices(ml_run, lora_tagging_run, capsys):
+    assert cli_main(["predict", str(ml_run), "华为黑色硅胶手机壳", "--top-k", "1", "--threshold", "0.01"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2  # the title and one tag
+    assert cli_main(["predict", str(lora_tagging_run), "华为黑色", "--top-k", "1"]) == 2
+    assert "--top-k: only for multi-label runs" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def lora_tagging_run(tmp_path_factory, tiny_backbone, toy_data):
+    tmp = tmp_path_factory.mktemp("tagging")
+    recipe = write_recipe(tmp / "r.yaml", tiny_backbone, toy_data, tmp / "out", epochs=1)
+    assert cli_main(["train", str(recipe)]) == 0
+    return tmp / "out"
