@@ -9,9 +9,9 @@
 Each cell trains ``run_recipe.py RECIPE <budget overrides> <sweep value>`` in a fresh process
 and leaves one JSON under ``benchmarks/results/grid/<budget>/<task>/cells/`` (scores, parameters,
 speed, memory, adapter size, provenance). A finished cell is not run again unless its resolved
-recipe changed; an interrupted cell resumes from its last checkpoint. A tree with uncommitted
-changes writes under ``benchmarks/results/grid-dirty/`` instead, apart from the official
-results. At the end, each task gets ``<task>.md``, ``<task>.json`` and ``<task>.png``
+recipe or the peft-tags code it ran (by content) changed; an interrupted cell resumes from its
+last checkpoint. A tree with uncommitted changes, or a grid file outside the commit, writes
+under ``benchmarks/results/grid-dirty/`` instead, apart from the official results. At the end, each task gets ``<task>.md``, ``<task>.json`` and ``<task>.png``
 (see benchmarks/report.py).
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ import json
 import math
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -34,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from provenance import provenance, tree_state  # noqa: E402
+from provenance import code_fingerprint, committed_unchanged, provenance, tree_state  # noqa: E402
 
 BUDGETS = ("smoke", "cpu", "full")
 STOCK_ARGS = {"data.max_train_examples": "--max-train", "data.max_dev_examples": "--max-dev",
@@ -95,6 +96,8 @@ def load_grid(path: Path, budget: str, tasks: list[str] | None = None, methods: 
     if not isinstance(raw, dict) or set(raw) - {"budgets", "tasks"} or "tasks" not in raw or "budgets" not in raw:
         raise GridError(f"{path}: the grid needs exactly the keys 'budgets' and 'tasks'")
     budgets = raw["budgets"] or {}
+    if not isinstance(budgets, dict):
+        raise GridError(f"{path}: 'budgets' must map budget names (smoke, cpu, full) to their settings")
     if budget not in budgets:
         raise GridError(f"{path}: budgets.{budget} is not defined (defined: {', '.join(budgets) or 'none'})")
     b = budgets[budget] or {}
@@ -115,14 +118,20 @@ def load_grid(path: Path, budget: str, tasks: list[str] | None = None, methods: 
             raise GridError(f"--task: no task '{t}' in {path} (tasks: {', '.join(all_tasks)})")
     rounds: list[list[Cell]] = []
     seen_methods = set()
+    safe = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     for task, spec in all_tasks.items():
         if tasks and task not in tasks:
             continue
         where = f"{path}: tasks.{task}"
+        if not safe.match(str(task)):
+            raise GridError(f"{where}: a task name is letters, digits, '.', '_' and '-' (it names files)")
         if not isinstance(spec, dict) or set(spec) - {"methods", "reference"} or not isinstance(spec.get("methods"), dict):
             raise GridError(f"{where}: needs 'methods' (name -> recipe and sweep) and may have 'reference'")
         entries = []
-        for name, ref in (spec.get("reference") or {}).items():
+        reference = spec.get("reference") or {}
+        if not isinstance(reference, dict):
+            raise GridError(f"{where}.reference: expected {{stock: {{...}}}}")
+        for name, ref in reference.items():
             if name != "stock" or not isinstance(ref, dict):
                 raise GridError(f"{where}.reference: only 'stock' (the stock Hugging Face recipe) is known, got '{name}'")
             unknown = set(ref) - {"train", "dev", "test", "backbone", "epochs", "lr"}
@@ -131,21 +140,27 @@ def load_grid(path: Path, budget: str, tasks: list[str] | None = None, methods: 
             entries.append(("stock-hf", None, "stock.lr", [_number(ref.get("lr", 1e-3), f"{where}.reference.stock.lr")], ref))
         for name, m in spec["methods"].items():
             w = f"{where}.methods.{name}"
-            if not isinstance(m, dict) or set(m) - {"recipe", "sweep", "overrides"} or "recipe" not in m:
-                raise GridError(f"{w}: needs 'recipe' and may have 'sweep' ({{key: [values]}}) and 'overrides'")
+            if not safe.match(str(name)) or name == "stock-hf":
+                raise GridError(f"{w}: a method name is letters, digits, '.', '_' and '-' (it names files), "
+                                f"and not 'stock-hf' (the reference row)")
+            if not isinstance(m, dict) or set(m) - {"recipe", "sweep", "overrides"} or not isinstance(m.get("recipe"), str):
+                raise GridError(f"{w}: needs 'recipe' (a path) and may have 'sweep' ({{key: [values]}}) and 'overrides'")
             recipe = REPO / m["recipe"]
             if not recipe.is_file():
                 raise GridError(f"{w}.recipe: no such file: {m['recipe']}")
             sweep = m.get("sweep") or {"training.lr": [None]}
             if not isinstance(sweep, dict) or len(sweep) != 1:
-                raise GridError(f"{w}.sweep: one key with a list of values, e.g. {{training.lr: [1.0e-3, 3.0e-3]}}")
+                raise GridError(f"{w}.sweep: one key with a list of positive numbers, e.g. {{training.lr: [1.0e-3, 3.0e-3]}}")
             (key, values), = sweep.items()
             if not isinstance(values, list) or not values:
                 raise GridError(f"{w}.sweep.{key}: a non-empty list of values")
             if values == [None]:
+                from peft_tags.errors import UserError
                 from peft_tags.recipe import load_recipe, recipe_to_dict
-                d = recipe_to_dict(load_recipe(recipe))
-                values = [d["training"]["lr"]]
+                try:
+                    values = [recipe_to_dict(load_recipe(recipe))["training"]["lr"]]
+                except UserError as e:
+                    raise GridError(f"{w}.recipe: {str(e).splitlines()[0]}") from None
             values = [_number(v, f"{w}.sweep.{key}") for v in values]
             if len(set(values)) != len(values):
                 raise GridError(f"{w}.sweep.{key}: a value is listed twice")
@@ -299,22 +314,10 @@ class Progress:
 EPOCH = re.compile(r"epoch (\d+): dev micro-F1 ([0-9.]+)")
 
 
-def run_cell(cell: Cell, out: Path, log: Path, progress: Progress, position: str, later: list[str]) -> tuple[int, float]:
-    cmd = cell_command(cell, out)
-    state = out.with_name(out.name + ".work") / "checkpoint" / "state.json"
-    resumed = cell.kind == "recipe" and state.is_file()
-    if resumed:
-        cmd.append("training.resume=true")
-    est = progress.estimate(cell.method)
-    rest = progress.eta(later)
-    progress.say(f"{position} {cell.task} {cell.name}{' (resuming)' if resumed else ''} · estimated {fmt_s(est)}"
-                 f" · then {len(later)} more cells, {fmt_s(rest)}"
-                 + (f" (all done about {time.strftime('%H:%M', time.localtime(time.time() + (est or 0) + rest))})"
-                    if rest is not None and est is not None else ""))
-    log.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
+def _launch(cmd: list[str], log: Path, progress: Progress, est: float | None, t0: float) -> int:
+    """Run one cell's command, its output to ``log``; report each epoch's dev score as it comes."""
     last_epoch = None
-    with open(log, "w", encoding="utf-8") as fh:
+    with open(log, "a", encoding="utf-8") as fh:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
         try:
             while proc.poll() is None:
@@ -331,7 +334,33 @@ def run_cell(cell: Cell, out: Path, log: Path, progress: Progress, position: str
             except subprocess.TimeoutExpired:
                 proc.kill()
             raise
-    return proc.returncode, time.time() - t0
+    return proc.returncode
+
+
+def run_cell(cell: Cell, out: Path, log: Path, progress: Progress, position: str, later: list[str]) -> tuple[int, float]:
+    """Train one cell into ``out``. A checkpoint left by an interrupted run of the same cell is
+    resumed; one that cannot be (another recipe, another process count) is dropped and the cell
+    starts afresh."""
+    cmd = cell_command(cell, out)
+    work = out.with_name(out.name + ".work")
+    resumed = cell.kind == "recipe" and (work / "checkpoint" / "state.json").is_file()
+    est = progress.estimate(cell.method)
+    rest = progress.eta(later)
+    progress.say(f"{position} {cell.task} {cell.name}{' (resuming)' if resumed else ''} · estimated {fmt_s(est)}"
+                 f" · then {len(later)} more cells, {fmt_s(rest)}"
+                 + (f" (all done about {time.strftime('%H:%M', time.localtime(time.time() + (est or 0) + rest))})"
+                    if rest is not None and est is not None else ""))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("", encoding="utf-8")
+    t0 = time.time()
+    if resumed:
+        shutil.rmtree(out, ignore_errors=True)  # an older finished run of the cell; resume cannot overwrite
+        rc = _launch([a for a in cmd if a != "output.overwrite=true"] + ["training.resume=true"], log, progress, est, t0)
+        if rc != 2:  # 2: the checkpoint was refused (one line in the log says why)
+            return rc, time.time() - t0
+        progress.say(f"    cannot resume ({last_error(log)}); starting afresh")
+        shutil.rmtree(work, ignore_errors=True)
+    return _launch(cmd, log, progress, est, t0), time.time() - t0
 
 
 def last_error(log: Path) -> str:
@@ -367,29 +396,41 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # missing or half-written: the cell runs again
+
+
 def _main(args) -> int:
     from report import write_reports
 
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
     cells = load_grid(args.grid, args.budget, split(args.task), split(args.method))
     commit, dirty = tree_state()
+    dirty = dirty or not committed_unchanged(args.grid)  # a grid file outside the commit cannot be reproduced from it
     root = args.results or (REPO / "benchmarks" / "results" / ("grid-dirty" if dirty else "grid"))
     results = root / args.budget
     command = " ".join(["python benchmarks/harness.py", f"--budget {args.budget}"]
                        + ([f"--grid {args.grid}"] if args.grid != REPO / "benchmarks" / "grid.yaml" else [])
                        + ([f"--task {args.task}"] if args.task else []) + ([f"--method {args.method}"] if args.method else []))
     if dirty and not args.dry_run and not args.report_only:
-        print(f"note: the tree has uncommitted changes; results go to {root} (not the official ones)", flush=True)
+        print(f"note: uncommitted changes (or a grid file outside the commit); results go to {root}, not the official ones",
+              flush=True)
 
     def cell_json(c: Cell) -> Path:
         return results / c.task / "cells" / f"{c.name}.json"
 
-    todo, progress = [], Progress(len(cells))
+    code = code_fingerprint()
+    todo, progress, current = [], Progress(len(cells)), {}
     for c in cells:
         fp = fingerprint(c)
-        done = json.loads(cell_json(c).read_text(encoding="utf-8")) if cell_json(c).is_file() else None
-        state = ("done" if done and done.get("status") == "ok" and done.get("fingerprint") == fp else
-                 "stale" if done and done.get("status") == "ok" else "failed" if done else "todo")
+        current.setdefault(c.task, {})[c.name] = fp
+        done = _read_json(cell_json(c)) if cell_json(c).is_file() else None
+        ok = bool(done) and done.get("status") == "ok"
+        state = ("todo" if not done else "failed" if not ok else "stale" if done.get("fingerprint") != fp else
+                 "code" if done.get("code") != code else "done")
         if state == "done" and not args.rerun:
             progress.learn(c.method, done["wall_seconds"])
         else:
@@ -398,38 +439,47 @@ def _main(args) -> int:
             out = args.runs / args.budget / c.task / c.name
             print(f"{state:6} {c.task} {c.name}\n       {shown_command(c, out)}")
     if args.dry_run:
-        print(f"{len(cells)} cells, {len(todo)} to run; results in {results}")
+        print(f"{len(cells)} cells, {len(todo)} to run (stale: the recipe changed; code: peft-tags changed); "
+              f"results in {results}")
         return 0
 
     failed = []
     if not args.report_only:
-        prov = provenance()
+        prov = {**provenance(), "git_dirty": dirty}
         for i, (c, fp, state) in enumerate(todo):
             out = args.runs / args.budget / c.task / c.name
             later = [t[0].method for t in todo[i + 1:]]
-            rc, wall = run_cell(c, out, out.with_name(out.name + ".log"), progress, f"[{i + 1}/{len(todo)}]", later)
+            try:
+                rc, wall = run_cell(c, out, out.with_name(out.name + ".log"), progress, f"[{i + 1}/{len(todo)}]", later)
+            except KeyboardInterrupt:
+                print(f"\ninterrupted; the same command continues where this stopped ({c.name} resumes from its "
+                      f"last checkpoint)", file=sys.stderr)
+                return 130
             if rc == 0 and (out / "metrics.json").is_file():
-                write_json(cell_json(c), collect(c, out, fp, wall, prov))
+                write_json(cell_json(c), {**collect(c, out, fp, wall, prov), "code": code})
                 progress.learn(c.method, wall)
-                r = json.loads(cell_json(c).read_text(encoding="utf-8"))
-                progress.say(f"    done in {fmt_s(wall)}: dev micro-F1 {r['dev_micro_f1']:.4f}, test {r['test_micro_f1']:.4f}")
+                r = _read_json(cell_json(c))
+                progress.say(f"    done in {fmt_s(wall)}: dev micro-F1 {_f4(r['dev_micro_f1'])}, test {_f4(r['test_micro_f1'])}")
             else:
                 err = last_error(out.with_name(out.name + ".log"))
                 write_json(cell_json(c), {"status": "failed", "task": c.task, "method": c.method, "cell": c.name,
-                                          "fingerprint": fp, "error": err, "exit_code": rc, "provenance": prov})
+                                          "fingerprint": fp, "code": code, "error": err, "exit_code": rc, "provenance": prov})
                 failed.append(c)
                 progress.say(f"    FAILED (exit {rc}): {err}  [log: {out.with_name(out.name + '.log')}]")
-    tasks = sorted({c.task for c in cells})
-    for task in tasks:
-        written = write_reports(results / task, task=task, budget=args.budget, command=command,
-                                grid=json.loads(json.dumps(yaml.safe_load(args.grid.read_text(encoding="utf-8"))["budgets"][args.budget])))
-        for p in written:
+    budget_settings = yaml.safe_load(args.grid.read_text(encoding="utf-8"))["budgets"][args.budget] or {}
+    for task in sorted(current):
+        for p in write_reports(results / task, task=task, budget=args.budget, command=command, grid=budget_settings,
+                               current=current[task]):
             print(f"wrote {p}")
     if failed:
         print(f"error: {len(failed)} cell(s) failed: {', '.join(c.task + '/' + c.name for c in failed)}; "
               f"run the same command again to retry them", file=sys.stderr)
         return 1
     return 0
+
+
+def _f4(x) -> str:
+    return "-" if x is None else f"{x:.4f}"
 
 
 if __name__ == "__main__":

@@ -20,11 +20,41 @@ def git(*args: str) -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
+#: the code a benchmark cell's result depends on (recipes are fingerprinted resolved, separately)
+CODE_PATHS = ("peft_tags", "run_recipe.py", "benchmarks/stock_recipe.py")
+
+
 def tree_state() -> tuple[str, bool]:
-    """(commit, dirty): dirty when a tracked file outside benchmarks/results differs from the commit."""
+    """(commit, dirty): dirty when a file outside benchmarks/results differs from the commit or is
+    not in it (ignored files excepted)."""
     commit = git("rev-parse", "HEAD") or "unknown"
-    dirty = commit == "unknown" or bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", RESULTS_PATHSPEC))
+    dirty = commit == "unknown" or bool(git("status", "--porcelain", "--untracked-files=normal", "--", ".", RESULTS_PATHSPEC))
     return commit, dirty
+
+
+def committed_unchanged(path: Path) -> bool:
+    """Whether ``path`` is a file of this repository, committed and unchanged."""
+    try:
+        rel = Path(path).resolve().relative_to(REPO)
+    except ValueError:
+        return False
+    return bool(git("ls-files", "--", str(rel))) and not git("status", "--porcelain", "--", str(rel))
+
+
+def code_fingerprint() -> str:
+    """A hash of the Python files a result depends on (:data:`CODE_PATHS`), by content, so that a
+    commit touching only docs or results keeps finished benchmark cells valid."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for base in CODE_PATHS:
+        root = REPO / base
+        files = sorted(root.rglob("*.py")) if root.is_dir() else [root]
+        for f in files:
+            if "__pycache__" in f.parts:
+                continue
+            h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def cpu_model() -> str:

@@ -13,12 +13,24 @@ import sys
 from pathlib import Path
 
 
-def read_cells(task_dir: Path) -> tuple[list[dict], list[dict]]:
-    ok, failed = [], []
+def read_cells(task_dir: Path, current: dict[str, str] | None = None) -> tuple[list[dict], list[dict], list[str]]:
+    """(finished cells, failed cells, excluded cell names). With ``current`` (cell name ->
+    recipe fingerprint of the grid as it is now), cells no longer in the grid or made with
+    another recipe are excluded; unreadable files are excluded too."""
+    ok, failed, excluded = [], [], []
     for p in sorted((task_dir / "cells").glob("*.json")):
-        c = json.loads(p.read_text(encoding="utf-8"))
-        (ok if c.get("status") == "ok" else failed).append(c)
-    return ok, failed
+        try:
+            c = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            excluded.append(p.stem)
+            continue
+        if current is not None and current.get(c.get("cell")) != c.get("fingerprint"):
+            excluded.append(p.stem)
+        elif c.get("status") == "ok" and c.get("dev_micro_f1") is not None and c.get("test_micro_f1") is not None:
+            ok.append(c)
+        else:
+            failed.append(c)
+    return ok, failed, excluded
 
 
 def choose(cells: list[dict]) -> list[dict]:
@@ -40,7 +52,8 @@ def choose(cells: list[dict]) -> list[dict]:
 
 
 def pareto(rows: list[dict]) -> list[dict]:
-    """Rows no other row beats with at most as many trainable parameters and a higher test F1."""
+    """The rows that score higher than every row with fewer or as many trainable parameters
+    (of rows tied on both, the first)."""
     front, best = [], -1.0
     for r in sorted(rows, key=lambda r: (r["parameters"]["trainable"], -r["test_micro_f1"])):
         if r["test_micro_f1"] > best:
@@ -59,14 +72,16 @@ def _size(b: int) -> str:
 
 
 def _commits(cells: list[dict]) -> str:
-    seen = {}
+    seen: dict[str, int] = {}
     for c in cells:
         p = c["provenance"]
-        seen[p["git_commit"][:10] + (" (dirty)" if p["git_dirty"] else "")] = None
-    return ", ".join(seen)
+        key = p["git_commit"][:10] + (" (dirty)" if p["git_dirty"] else "")
+        seen[key] = seen.get(key, 0) + 1
+    return ", ".join(f"{k} ({n} cells)" for k, n in seen.items())
 
 
-def markdown(task: str, budget: str, command: str, grid: dict, rows: list[dict], cells: list[dict], failed: list[dict]) -> str:
+def markdown(task: str, budget: str, command: str, grid: dict, rows: list[dict], cells: list[dict], failed: list[dict],
+             excluded: list[str]) -> str:
     stock = next((r for r in rows if r["kind"] == "stock"), None)
     front = {r["method"] for r in pareto(rows)}
     p0 = cells[0]["provenance"]
@@ -95,17 +110,24 @@ def markdown(task: str, budget: str, command: str, grid: dict, rows: list[dict],
                      f"| {p['trainable_pct']:.2f}% | **{r['test_micro_f1']:.4f}** | {r['test_macro_f1']:.4f} | {r['dev_micro_f1']:.4f} "
                      f"| {r['train_titles_per_s']}{ratio} | {r['eval_titles_per_s']} | {r['train_seconds'] / 60:.1f} min "
                      f"| {r['peak_memory_mb'] / 1024:.2f} GB | {_size(r['saved_file_bytes'])} |")
-    lines += ["", "† on the Pareto front: no other row has at most as many trainable parameters and a higher test micro-F1.",
+    lines += ["", "† on the Pareto front: it scores a higher test micro-F1 than every row with fewer or as many trainable "
+              "parameters.",
               f"Memory is the {rows[0]['memory_kind']} of the cell's process. The saved file is the adapter in peft format "
               "with the head (full fine-tuning: the whole model).", ""]
     if stock:
         lines += ["The stock row is `benchmarks/stock_recipe.py`: Trainer + peft LoRA r=8 on query/value, characters as "
-                  "words, the first sub-token labelled, dynamic padding; its learning rate as the grid gives it.", ""]
+                  "words, the first sub-token labelled, dynamic padding, Trainer's own schedule (linear decay, no "
+                  "warmup). It differs from our rows on purpose, as a user's first attempt would: one learning rate (no "
+                  "sweep), the last epoch's model (no selection on dev), and in the `full` budget its own 3 epochs.", ""]
     lines += [f"![test micro-F1 against trainable parameters]({task}.png)", "",
               "Each cell re-runs alone with its command (in the JSON beside this file), e.g.:", "",
               f"    {max(rows, key=lambda r: (r['kind'] == 'recipe', r['test_micro_f1']))['command']}", ""]
     if failed:
-        lines += ["Failed cells (not in the table): " + "; ".join(f"{c['cell']}: {c.get('error', '')}" for c in failed), ""]
+        lines += ["Failed or unscored cells (not in the table): "
+                  + "; ".join(f"{c.get('cell')}: {c.get('error', 'no dev or test score')}" for c in failed), ""]
+    if excluded:
+        lines += ["Cells left out (no longer in the grid, made with another recipe, or unreadable): "
+                  + ", ".join(excluded), ""]
     return "\n".join(lines)
 
 
@@ -139,8 +161,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     tmp.replace(path)
 
 
-def write_reports(task_dir: Path, *, task: str, budget: str, command: str, grid: dict) -> list[Path]:
-    cells, failed = read_cells(task_dir)
+def write_reports(task_dir: Path, *, task: str, budget: str, command: str, grid: dict,
+                  current: dict[str, str] | None = None) -> list[Path]:
+    cells, failed, excluded = read_cells(task_dir, current)
     if not cells:
         return []
     rows = choose(cells)
@@ -148,13 +171,13 @@ def write_reports(task_dir: Path, *, task: str, budget: str, command: str, grid:
     summary = {"task": task, "budget": budget, "command": command, "budget_settings": grid,
                "pareto_front": [r["method"] for r in pareto(rows)],
                "rows": [{k: v for k, v in r.items() if k != "history"} for r in rows],
-               "cells": [c["cell"] for c in cells], "failed": [c["cell"] for c in failed]}
+               "cells": [c["cell"] for c in cells], "failed": [c.get("cell") for c in failed], "excluded": excluded}
     outputs = [base.with_suffix(".json"), base.with_suffix(".md"), base.with_suffix(".png")]
     tmp = base.with_name(f".{task}.json.tmp")
     tmp.write_text(json.dumps(summary, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     tmp.replace(outputs[0])
     tmp = base.with_name(f".{task}.md.tmp")
-    tmp.write_text(markdown(task, budget, command, grid, rows, cells, failed), encoding="utf-8")
+    tmp.write_text(markdown(task, budget, command, grid, rows, cells, failed, excluded), encoding="utf-8")
     tmp.replace(outputs[1])
     plot(rows, outputs[2], f"{task}, budget {budget}: test micro-F1 against trainable parameters")
     return outputs
@@ -171,7 +194,7 @@ def main() -> int:
     old = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else {}
     for p in write_reports(args.task_dir, task=args.task_dir.name, budget=args.task_dir.parent.name,
                            command=old.get("command", "python benchmarks/report.py " + str(args.task_dir)),
-                           grid=old.get("budget_settings", {})):
+                           grid=old.get("budget_settings") or {}):
         print(f"wrote {p}")
     return 0
 

@@ -2,8 +2,9 @@
 
 For each title, its tags are the normalised values of its spans of the chosen types, kept if
 the value occurs in at least ``min_count`` training titles. The vocabulary comes from the
-training split only; dev and test titles get the tags of the same vocabulary, and every tag
-they carry outside it is counted and reported (``stats.json``), not silently dropped.
+training split only; every split's ``tags`` are the title's tags in that vocabulary (the task),
+and its other tag values stay beside them in ``other_tags`` and are counted per split in
+``stats.json``: nothing is silently dropped.
 
 A tag is the value, not the type: on jd-ner, 186 values occur under more than one of the
 default types (防摔 as a function and as a style), and a shop wants the tag 防摔 once.
@@ -14,8 +15,8 @@ a title sorted, the vocabulary sorted by training count (descending) then by val
 
     peft-tags derive-tags jd-ner DEST [--types 11,5,7,16,14,8,12] [--min-count 8]
 
-writes ``DEST/{train,dev,test}.jsonl`` (``{"text": ..., "tags": [...]}``, the ``tags`` data
-format), ``DEST/vocab.json`` and ``DEST/stats.json``.
+writes ``DEST/{train,dev,test}.jsonl`` (``{"text": ..., "tags": [...], "other_tags": [...]}``, the
+``tags`` data format), ``DEST/vocab.json`` and ``DEST/stats.json``.
 """
 from __future__ import annotations
 
@@ -57,11 +58,16 @@ def derive_tags(source: str, dest: str | Path, *, types=DEFAULT_TYPES, min_count
     dest = Path(dest)
     if dest.exists() and not overwrite:
         raise UserError(f"{dest}: already exists; pass --overwrite to replace it")
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"{dest}: is a file, not a folder to write the tag set into")
     paths = {}
     for split in SPLITS:
         rel = Path(source) / f"{split}{'.txt' if fmt == 'conll' else '.jsonl'}"
         if split == "train" or (Path(rel).is_absolute() and rel.is_file()) or _exists(rel, data_root):
             paths[split] = resolve_data_path(rel, data_root, key=f"{source} ({split})")
+    sources = {p.resolve().parent for p in paths.values()}
+    if any(dest.resolve() == s or dest.resolve() in s.parents for s in sources):
+        raise UserError(f"{dest}: is (or holds) the source folder {next(iter(sources))}; write the tag set elsewhere")
     examples = {split: read_examples(p, fmt, fullwidth_to_halfwidth=False) for split, p in paths.items()}
     known = {s.label for e in examples["train"] for s in e.spans}
     missing = [t for t in types if t not in known]
@@ -99,7 +105,8 @@ def derive_tags(source: str, dest: str | Path, *, types=DEFAULT_TYPES, min_count
                     kept_total += len(kept)
                     oov_total += len(ts) - len(kept)
                     no_tag += not kept
-                    fh.write(json.dumps({"text": e.text, "tags": kept}, ensure_ascii=False) + "\n")
+                    other = [t for t in ts if t not in in_vocab]
+                    fh.write(json.dumps({"text": e.text, "tags": kept, "other_tags": other}, ensure_ascii=False) + "\n")
             stats["splits"][split] = {
                 "titles": len(exs), "tags": kept_total, "tags_per_title": round(kept_total / len(exs), 3),
                 "titles_without_tags": no_tag, "out_of_vocabulary": oov_total,

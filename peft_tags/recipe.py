@@ -189,6 +189,8 @@ class Recipe:
         if self.task.type == "multilabel" and self.data.format != "tags":
             problems.append(("data.format", f"task multilabel reads 'tags' files ({{\"text\": ..., \"tags\": [...]}} per "
                                             f"line), not '{self.data.format}'"))
+        if self.task.type == "multilabel" and not self.data.dev:
+            problems.append(("data.dev", "task multilabel tunes its decision thresholds on dev; give a dev file"))
         if self.task.type == "tagging" and self.data.format == "tags":
             problems.append(("data.format", "'tags' files hold no spans; task tagging reads conll, jsonl or "
                                             "attribute-value (or set task.type: multilabel)"))

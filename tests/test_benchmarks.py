@@ -85,17 +85,44 @@ def test_grid_end_to_end_resume_and_report(tmp_path, tiny_backbone, toy_data):
     front = summary["pareto_front"]
     assert front and front[0] == min(summary["rows"], key=lambda r: r["parameters"]["trainable"])["method"]
 
-    # resume: nothing finished runs again; a new sweep value runs alone
+    # resume: nothing finished runs again; a new sweep value runs alone; a value no longer swept
+    # leaves the report
     stamps = {p: p.stat().st_mtime_ns for p in (results / "cpu" / "toy" / "cells").glob("*.json")}
     again = _harness(*common, "--dry-run", env_data=toy_data)
     assert again.returncode == 0 and "4 cells, 0 to run" in again.stdout
-    _grid(grid, lora, head, tiny_backbone, lora_lrs=(5e-3, 3e-2, 1e-2))
+    _grid(grid, lora, head, tiny_backbone, lora_lrs=(5e-3, 1e-2))
     more = _harness(*common, env_data=toy_data)
     assert more.returncode == 0, more.stderr[-3000:]
     assert "[1/1] toy lora@lr=1e-2" in more.stdout
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
-    rows = {r["method"]: r for r in json.loads((results / "cpu" / "toy.json").read_text())["rows"]}
-    assert [v for v, _ in rows["lora"]["dev_by_value"]] == [5e-3, 1e-2, 3e-2]
+    summary = json.loads((results / "cpu" / "toy.json").read_text())
+    rows = {r["method"]: r for r in summary["rows"]}
+    assert [v for v, _ in rows["lora"]["dev_by_value"]] == [5e-3, 1e-2]
+    assert summary["excluded"] == ["lora@lr=3e-2"]
+    assert "left out" in (results / "cpu" / "toy.md").read_text()
+
+
+@pytest.mark.integration
+def test_an_interrupted_cell_resumes(tmp_path, tiny_backbone, toy_data):
+    lora = write_recipe(tmp_path / "lora.yaml", tiny_backbone, toy_data, tmp_path / "unused")
+    head = write_recipe(tmp_path / "head.yaml", tiny_backbone, toy_data, tmp_path / "unused", method="head-only")
+    grid = _grid(tmp_path / "grid.yaml", lora, head, tiny_backbone, lora_lrs=(5e-3,))
+    common = ("--budget", "cpu", "--grid", grid, "--results", tmp_path / "results", "--runs", tmp_path / "runs",
+              "--method", "lora")
+    # 96 titles / 8 per batch = 12 steps per epoch: stopped in epoch 2, after epoch 1's checkpoint
+    os.environ["PEFT_TAGS_FAULT_AT_STEP"] = "15"
+    try:
+        crashed = _harness(*common, env_data=toy_data)
+    finally:
+        del os.environ["PEFT_TAGS_FAULT_AT_STEP"]
+    assert crashed.returncode == 1 and "FAILED" in crashed.stdout
+    cell = tmp_path / "results" / "cpu" / "toy" / "cells" / "lora@lr=5e-3.json"
+    assert json.loads(cell.read_text())["status"] == "failed"
+    resumed = _harness(*common, env_data=toy_data)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "lora@lr=5e-3 (resuming)" in resumed.stdout and "starting afresh" not in resumed.stdout
+    done = json.loads(cell.read_text())
+    assert done["status"] == "ok" and [h["epoch"] for h in done["history"]] == [1, 2]
 
 
 def test_a_changed_recipe_makes_its_cells_stale(tmp_path, tiny_backbone, toy_data):
@@ -148,6 +175,11 @@ def test_the_shipped_grid_names_real_recipes_for_every_budget():
     ("budgets: {cpu: {}}\ntasks: {t: {methods: {m: {recipe: recipes/jd-ner/lora.yaml, sweep: {training.nope: [1.0e-3]}}}}}\n",
      "training.nope"),
     ("budgets: [cpu\n", "grid.yaml:2: not valid YAML"),
+    ("budgets: [cpu]\ntasks: {t: {methods: {}}}\n", "'budgets' must map budget names"),
+    ("budgets: {cpu: {}}\ntasks: {t: {reference: [stock], methods: {}}}\n", "tasks.t.reference: expected {stock: {...}}"),
+    ("budgets: {cpu: {}}\ntasks: {t: {methods: {m: {recipe: 3}}}}\n", "tasks.t.methods.m: needs 'recipe' (a path)"),
+    ("budgets: {cpu: {}}\ntasks: {t: {methods: {stock-hf: {recipe: recipes/jd-ner/lora.yaml}}}}\n", "not 'stock-hf'"),
+    ("budgets: {cpu: {}}\ntasks: {t: {methods: {a/b: {recipe: recipes/jd-ner/lora.yaml}}}}\n", "it names files"),
 ])
 def test_grid_mistakes_end_in_one_line(tmp_path, capsys, text, message):
     grid = tmp_path / "grid.yaml"
@@ -170,6 +202,29 @@ def test_a_dirty_tree_writes_apart(monkeypatch, capsys):
     assert harness.main(["--budget", "smoke", "--method", "lora", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert str(Path("benchmarks/results/grid/smoke")) in out and "grid-dirty" not in out
+
+
+def test_a_grid_file_outside_the_commit_writes_apart(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(harness, "tree_state", lambda: ("abc", False))
+    grid = tmp_path / "grid.yaml"
+    grid.write_text((REPO / "benchmarks" / "grid.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    assert harness.main(["--budget", "smoke", "--method", "lora", "--grid", str(grid), "--dry-run"]) == 0
+    assert str(Path("benchmarks/results/grid-dirty/smoke")) in capsys.readouterr().out
+
+
+def test_a_cell_made_by_other_code_runs_again(tmp_path, monkeypatch, capsys):
+    cell = harness.load_grid(REPO / "benchmarks" / "grid.yaml", "smoke", methods=["lora"])[0]
+    path = tmp_path / "smoke" / cell.task / "cells" / f"{cell.name}.json"
+    path.parent.mkdir(parents=True)
+    args = ["--budget", "smoke", "--method", "lora", "--results", str(tmp_path), "--dry-run"]
+    for code, state in ((harness.code_fingerprint(), "done"), ("0123456789abcdef", "code")):
+        path.write_text(json.dumps({"status": "ok", "cell": cell.name, "fingerprint": harness.fingerprint(cell),
+                                    "code": code, "wall_seconds": 1.0}))
+        assert harness.main(args) == 0
+        assert capsys.readouterr().out.startswith(f"{state:6} {cell.task} {cell.name}")
+    path.write_text("{half a file")
+    assert harness.main(args) == 0
+    assert capsys.readouterr().out.startswith(f"todo   {cell.task} {cell.name}")
 
 
 def _row(method, trainable, test, dev=0.5, kind="recipe"):

@@ -32,9 +32,9 @@ def test_tags_vocabulary_and_out_of_vocabulary_counts(tmp_path):
     assert [v["tag"] for v in vocab] == ["black", "硅胶", "黑色"]
     assert [v["train_titles"] for v in vocab] == [2, 2, 2]
     rows = [json.loads(l) for l in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
-    assert rows[0] == {"text": "华为黑色手机壳", "tags": ["黑色"]}
+    assert rows[0] == {"text": "华为黑色手机壳", "tags": ["黑色"], "other_tags": []}
     assert rows[2]["tags"] == ["black", "硅胶"] and rows[2]["text"] == "华为ＢＬＡＣＫ硅胶"  # the text is left as it was
-    assert rows[3]["tags"] == []  # a title without vocabulary tags stays, as a negative
+    assert rows[3]["tags"] == [] and rows[3]["other_tags"] == ["白色"]  # kept as a negative; its rare tag beside
     dev = [json.loads(l) for l in (tmp_path / "out" / "dev.jsonl").read_text().splitlines()]
     assert dev[0]["tags"] == ["黑色"]
     s = stats["splits"]
@@ -86,3 +86,14 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_the_source_folder_is_never_the_destination(tmp_path, capsys):
+    src = _source(tmp_path)
+    before = (src / "train.txt").read_bytes()
+    assert cli_main(["derive-tags", str(src), str(src), "--types", "16", "--min-count", "1", "--overwrite"]) == 2
+    assert "is (or holds) the source folder" in capsys.readouterr().err
+    assert (src / "train.txt").read_bytes() == before
+    (tmp_path / "afile").write_text("x")
+    assert cli_main(["derive-tags", str(src), str(tmp_path / "afile"), "--types", "16", "--overwrite"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

@@ -34,6 +34,9 @@ def test_a_learnable_toy_set_reaches_high_f1(ml_run):
         assert key in test
     assert set(test["by_rule"]) == {"per-tag", "global", "0.5"}
     assert test["by_rule"]["per-tag"]["micro_f1"] == pytest.approx(test["micro_f1"])  # the recipe's rule is per-tag
+    dev = m["scores"]["dev"]  # dev is scored at the one global threshold tuned on it, not at per-tag ones
+    assert dev["by_rule"]["global"]["micro_f1"] == pytest.approx(dev["micro_f1"]) == pytest.approx(m["dev_micro_f1"])
+    assert m["thresholds"]["tuned_per_tag"] == sum(1 for v in dev["per_tag"].values() if v["support"] >= 5)
     stats = m["tag_stats"]
     assert stats["vocabulary"] == 9 and stats["test"]["tags_outside_vocabulary"] == 0
     assert "micro avg" in (ml_run / "test_report.txt").read_text()
@@ -171,11 +174,24 @@ def test_bad_tags_name_the_line(tmp_path, tiny_backbone, toy_tags, capsys, line,
     _assert_clean_failure(rc, capsys.readouterr().err, "train.jsonl" + message, tmp_path)
 
 
-def test_multilabel_needs_tags_files(tmp_path, tiny_backbone, toy_tags, capsys):
+@pytest.mark.parametrize("override, message", [
+    ("data.format=conll", "data.format: task multilabel reads 'tags' files"),
+    ("data.dev=null", "data.dev: task multilabel tunes its decision thresholds on dev"),
+])
+def test_multilabel_recipe_mistakes(tmp_path, tiny_backbone, toy_tags, capsys, override, message):
     recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_tags, tmp_path / "out", task_options=ML)
-    assert cli_main(["train", str(recipe), "data.format=conll"]) == 2
-    err = capsys.readouterr().err
-    assert "data.format" in err and "task multilabel reads 'tags' files" in err
+    assert cli_main(["train", str(recipe), override]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_training_set_without_tags_is_an_error(tmp_path, tiny_backbone, toy_tags, capsys):
+    data = tmp_path / "data" / "toy-tags"
+    data.mkdir(parents=True)
+    for split in ("train", "dev", "test"):
+        (data / f"{split}.jsonl").write_text('{"text": "华为黑色", "tags": []}\n', encoding="utf-8")
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, tmp_path / "data", tmp_path / "out", task_options=ML)
+    assert cli_main(["train", str(recipe)]) == 2
+    assert "data.train: no title in" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_export_merges_and_keeps_the_decision_rule(ml_run, tmp_path):

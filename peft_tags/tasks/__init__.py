@@ -90,11 +90,16 @@ class MultiLabelTask:
         self.recipe = recipe
         t = recipe.task
         tags = tag_set(train_examples)
+        if not tags:
+            from ..errors import UserError
+            raise UserError(f"data.train: no title in {train_examples[0].source.rsplit(':', 1)[0]} has a tag; "
+                            "a multi-label task needs tags to learn")
         self.codec = MultiLabelCodec(tokenizer, tags, recipe.backbone.max_length, t.pooling)
         weights = positive_weights(train_examples, tags, t.pos_weight, t.pos_weight_cap)
         self.pos_weight = None if weights is None else torch.from_numpy(weights)
         self.global_threshold = 0.5
         self.per_tag = None  # tuned at the end, on dev
+        self.tuned_per_tag = 0  # tags with enough dev titles for a threshold of their own
         self.stats: dict = {"vocabulary": len(tags)}
         self.final: dict = {}
 
@@ -147,9 +152,11 @@ class MultiLabelTask:
         return [[self.codec.tags[j] for j in row] for row in decide(probs, thresholds, self.recipe.task.top_k)]
 
     def score(self, split: str, predictions: list, examples, final: bool) -> dict:
-        """Dev during training: micro-F1 at the global threshold tuned on it (model selection).
-        Dev at the end: the global and per-tag thresholds are tuned and kept. Every split is then
-        scored with the recipe's decision rule (task.thresholds, task.top_k)."""
+        """Dev: the global threshold is tuned on it and dev is scored at that one number (model
+        selection, also across learning rates); at the end the per-tag thresholds are tuned too,
+        and kept. Test (and anything not dev) is scored with the recipe's decision rule
+        (task.thresholds, task.top_k). Per-tag thresholds tuned on dev would flatter dev, so dev
+        reports them only under ``by_rule``."""
         from ..metrics import tag_f1
         from .multilabel import multi_hot, tune_global, tune_per_tag
 
@@ -163,7 +170,9 @@ class MultiLabelTask:
             self.global_threshold, _ = tune_global(probs, y, missed)
             if final:
                 self.per_tag = tune_per_tag(probs, y, self.global_threshold, t.min_tag_support)
-        rule = self.per_tag if (final and t.thresholds == "per-tag" and self.per_tag is not None) else self.global_threshold
+                self.tuned_per_tag = int((y.sum(0) >= t.min_tag_support).sum())
+        per_tag_rule = final and split != "dev" and t.thresholds == "per-tag" and self.per_tag is not None
+        rule = self.per_tag if per_tag_rule else self.global_threshold
         scores = tag_f1(self._decide(probs, rule), gold)
         if final:  # the other rules, for the record
             scores["by_rule"] = {
@@ -177,7 +186,7 @@ class MultiLabelTask:
         per_tag = self.per_tag if self.per_tag is not None else np.full(self.num_outputs, self.global_threshold)
         return {"rule": self.recipe.task.thresholds, "global": self.global_threshold,
                 "per_tag": {tag: float(th) for tag, th in zip(self.codec.tags, per_tag)},
-                "tuned_per_tag": int((per_tag != self.global_threshold).sum()) if self.per_tag is not None else 0,
+                "tuned_per_tag": self.tuned_per_tag,
                 "min_tag_support": self.recipe.task.min_tag_support, "top_k": self.recipe.task.top_k}
 
     def meta(self) -> dict:
