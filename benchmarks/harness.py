@@ -255,6 +255,7 @@ def collect(cell: Cell, run: Path, fp: str, wall: float, prov: dict) -> dict:
         "peak_memory_mb": m["peak_memory_mb"], "memory_kind": "cuda max allocated" if on_gpu else "process peak RSS",
         "saved_file": rel, "saved_file_bytes": size,
         "device": m.get("device"), "mixed_precision": m.get("mixed_precision"), "processes": m.get("processes"),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "provenance": {**prov, "threads": m.get("threads", prov["threads"])},
     }
 

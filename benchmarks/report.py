@@ -71,6 +71,14 @@ def _size(b: int) -> str:
     return f"{b / 2**20:.2f} MB" if b >= 2**20 else f"{b / 2**10:.0f} kB"
 
 
+def _when(cells: list[dict]) -> str:
+    """When the cells ran: from the first start to the last finish where cells record it."""
+    started = min(c["provenance"]["date"] for c in cells)
+    if all(c.get("finished") for c in cells):
+        return f"cells ran from {started} to {max(c['finished'] for c in cells)}"
+    return f"the run started {started}"
+
+
 def _commits(cells: list[dict]) -> str:
     seen: dict[str, int] = {}
     for c in cells:
@@ -93,9 +101,8 @@ def markdown(task: str, budget: str, command: str, grid: dict, rows: list[dict],
              "scores are reported. Every dev score is listed; the chosen one is in bold.",
              f"- Code: {_commits(cells)}. {p0['cpu']}, {p0['cores']} cores, {p0['threads']} threads"
              f"{', GPU ' + p0['gpu'] if p0.get('gpu') else ''}; torch {p0['torch']}, transformers {p0['transformers']}, "
-             f"peft {p0['peft']}; cells run {min(c['provenance']['date'] for c in cells)} to "
-             f"{max(c['provenance']['date'] for c in cells)}, one at a time.",
-             "- Trainable = adapter + head parameters while training; % of all parameters of the model. "
+             f"peft {p0['peft']}; {_when(cells)}, one cell at a time.",
+             "- Trainable = adapter (full fine-tuning: backbone) + head parameters while training; % of all parameters of the model. "
              "Speed ratios are against the stock row of the same run.", "",
              "| method | swept value: dev micro-F1 | trainable (adapter + head) | % | test micro-F1 | test macro-F1 "
              "| dev micro-F1 | train titles/s (× stock) | inference titles/s | train time | peak memory | saved file |",
@@ -106,7 +113,7 @@ def markdown(task: str, budget: str, command: str, grid: dict, rows: list[dict],
                           for v, f in r["dev_by_value"])
         ratio = f" ({r['train_titles_per_s'] / stock['train_titles_per_s']:.2f}×)" if stock else ""
         name = f"{r['method']}{' †' if r['method'] in front else ''}"
-        lines.append(f"| {name} | {r['sweep_key'].rsplit('.', 1)[-1]} {tried} | {p['trainable']:,} ({p['adapter']:,} + {p['head']:,}) "
+        lines.append(f"| {name} | {r['sweep_key'].rsplit('.', 1)[-1]} {tried} | {p['trainable']:,} ({p['adapter'] or p.get('backbone', 0):,} + {p['head']:,}) "
                      f"| {p['trainable_pct']:.2f}% | **{r['test_micro_f1']:.4f}** | {r['test_macro_f1']:.4f} | {r['dev_micro_f1']:.4f} "
                      f"| {r['train_titles_per_s']}{ratio} | {r['eval_titles_per_s']} | {r['train_seconds'] / 60:.1f} min "
                      f"| {r['peak_memory_mb'] / 1024:.2f} GB | {_size(r['saved_file_bytes'])} |")

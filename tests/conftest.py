@@ -131,7 +131,7 @@ def write_recipe(path: Path, backbone: Path, data_root: Path, out: Path, method:
     path.write_text(
         "backbone:\n"
         f"  name: {backbone}\n  max_length: 64\n{extra_backbone}"
-        "task:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in task.items())
+        "task:\n" + "".join(f"  {k}: {v if isinstance(v, str) else json.dumps(v)}\n" for k, v in task.items())
         + f"data:\n  root: {data_root}\n{files}"
         f"method:\n{method_block}"
         "training:\n" + "".join(f"  {k}: {v}\n" for k, v in train.items())

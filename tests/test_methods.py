@@ -152,7 +152,7 @@ def trained_runs(tmp_path_factory, tiny_backbone, tiny_backbone_64, toy_data):
         run.save()
         model = run.acc.unwrap_model(run.model)
         texts = [e.text for e in run.data["test"][:12]]
-        scores = predict_log_probs(model, run.codec, run.codec.encode(texts), 4, torch.device("cpu"))
+        scores = predict_log_probs(model, run.task.codec, run.task.codec.encode(texts), 4, torch.device("cpu"))
         runs[name] = (out, texts, scores)
     return runs
 
