@@ -370,18 +370,26 @@ def _load_json_line(path: str, lineno: int, line: str) -> dict:
     return obj
 
 
+def _json_objects(path: str, lines: list[str]):
+    """``(where, object)`` for each non-blank line, ``where`` being ``path:line``."""
+    for lineno, line in enumerate(lines, 1):
+        if line.strip():
+            yield f"{path}:{lineno}", _load_json_line(path, lineno, line)
+
+
+def _string_field(obj: dict, key: str, where: str, what: str = "") -> str:
+    if key not in obj:
+        raise UserError(f"{where}: missing field '{key}'{what}")
+    value = obj[key]
+    if not isinstance(value, str):
+        raise UserError(f"{where}: '{key}' must be a string, got {type(value).__name__}")
+    return value
+
+
 def _read_jsonl(path: str, lines: list[str], max_examples) -> list[Example]:
     examples: list[Example] = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        obj = _load_json_line(path, lineno, line)
-        text = obj.get("text")
-        if "text" not in obj:
-            raise UserError(f"{where}: missing field 'text'")
-        if not isinstance(text, str):
-            raise UserError(f"{where}: 'text' must be a string, got {type(text).__name__}")
+    for where, obj in _json_objects(path, lines):
+        text = _string_field(obj, "text", where)
         if "spans" not in obj:
             raise UserError(f"{where}: missing field 'spans' (use [] for a title without spans)")
         raw_spans = obj["spans"]
@@ -423,16 +431,8 @@ def _read_jsonl(path: str, lines: list[str], max_examples) -> list[Example]:
 def _read_tags(path: str, lines: list[str], max_examples) -> list[TagExample]:
     """``{"text": str, "tags": [str, ...]}`` per line; a tag listed twice counts once."""
     examples: list[TagExample] = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        obj = _load_json_line(path, lineno, line)
-        if "text" not in obj:
-            raise UserError(f"{where}: missing field 'text'")
-        text = obj["text"]
-        if not isinstance(text, str):
-            raise UserError(f"{where}: 'text' must be a string, got {type(text).__name__}")
+    for where, obj in _json_objects(path, lines):
+        text = _string_field(obj, "text", where)
         if not text.strip():
             raise UserError(f"{where}: 'text' is empty")
         if "tags" not in obj:
@@ -466,16 +466,8 @@ def _occurrences(text: str, value: str, ignore_case: bool) -> list[tuple[int, in
 
 def _read_attribute_value(path: str, lines: list[str], stats: ReadStats, max_examples) -> list[Example]:
     examples: list[Example] = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        obj = _load_json_line(path, lineno, line)
-        if "input" not in obj:
-            raise UserError(f"{where}: missing field 'input' (the title)")
-        text = obj["input"]
-        if not isinstance(text, str):
-            raise UserError(f"{where}: 'input' must be a string, got {type(text).__name__}")
+    for where, obj in _json_objects(path, lines):
+        text = _string_field(obj, "input", where, " (the title)")
         if "target_scores" not in obj:
             raise UserError(f"{where}: missing field 'target_scores'")
         targets = obj["target_scores"]

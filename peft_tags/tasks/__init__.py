@@ -18,7 +18,20 @@ import torch
 log = logging.getLogger("peft_tags.train")
 
 
-class TaggingTask:
+class _Task:
+    """What both tasks do the same way: the codec sizes the head and encodes the examples."""
+
+    codec = None
+
+    @property
+    def num_outputs(self) -> int:
+        return self.codec.num_outputs
+
+    def encode(self, examples):
+        return self.codec.encode([e.text for e in examples], examples)
+
+
+class TaggingTask(_Task):
     name = "tagging"
 
     def __init__(self, recipe, tokenizer, train_examples):
@@ -28,13 +41,6 @@ class TaggingTask:
         self.recipe = recipe
         self.codec = TaggingCodec(tokenizer, label_set(train_examples), recipe.task.slots, recipe.backbone.max_length)
         self.stats: dict = {}
-
-    @property
-    def num_outputs(self) -> int:
-        return self.codec.num_outputs
-
-    def encode(self, examples):
-        return self.codec.encode([e.text for e in examples], examples)
 
     def describe(self, data: dict, encoded: dict) -> None:
         """Log and keep what the token alignment cannot represent, per scored split."""
@@ -80,7 +86,7 @@ class TaggingTask:
         return {"alignment": self.stats}
 
 
-class MultiLabelTask:
+class MultiLabelTask(_Task):
     name = "multilabel"
 
     def __init__(self, recipe, tokenizer, train_examples):
@@ -101,14 +107,6 @@ class MultiLabelTask:
         self.per_tag = None  # tuned at the end, on dev
         self.tuned_per_tag = 0  # tags with enough dev titles for a threshold of their own
         self.stats: dict = {"vocabulary": len(tags)}
-        self.final: dict = {}
-
-    @property
-    def num_outputs(self) -> int:
-        return self.codec.num_outputs
-
-    def encode(self, examples):
-        return self.codec.encode([e.text for e in examples], examples)
 
     def describe(self, data: dict, encoded: dict) -> None:
         """Log and keep per split: tags per title, tags outside the training vocabulary (they count
