@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from provenance import code_fingerprint, committed_unchanged, provenance, tree_state  # noqa: E402
+from report import short_float, write_reports  # noqa: E402
 
 BUDGETS = ("smoke", "cpu", "full")
 STOCK_ARGS = {"data.max_train_examples": "--max-train", "data.max_dev_examples": "--max-dev",
@@ -64,13 +65,6 @@ class Cell:
     @property
     def name(self) -> str:
         return f"{self.method}@{self.sweep_key.rsplit('.', 1)[-1]}={short_float(self.sweep_value)}"
-
-
-def short_float(v: float) -> str:
-    """1e-3, 2.5e-4, 0.1 -> 1e-1: learning rates as people write them."""
-    mantissa, exponent = f"{v:e}".split("e")
-    mantissa = mantissa.rstrip("0").rstrip(".")
-    return f"{mantissa}e{int(exponent)}"
 
 
 def _number(value, where: str) -> float:
@@ -405,8 +399,6 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _main(args) -> int:
-    from report import write_reports
-
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
     cells = load_grid(args.grid, args.budget, split(args.task), split(args.method))
     commit, dirty = tree_state()

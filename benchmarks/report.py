@@ -62,7 +62,8 @@ def pareto(rows: list[dict]) -> list[dict]:
     return front
 
 
-def _lr(v: float) -> str:
+def short_float(v: float) -> str:
+    """1e-3, 2.5e-4, 0.1 -> 1e-1: learning rates as people write them."""
     mantissa, exponent = f"{v:e}".split("e")
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
@@ -109,7 +110,7 @@ def markdown(task: str, budget: str, command: str, grid: dict, rows: list[dict],
              "|" + "---|" * 12]
     for r in rows:
         p = r["parameters"]
-        tried = ", ".join((f"**{_lr(v)}: {f:.3f}**" if v == r["chosen"] else f"{_lr(v)}: {f:.3f}")
+        tried = ", ".join((f"**{short_float(v)}: {f:.3f}**" if v == r["chosen"] else f"{short_float(v)}: {f:.3f}")
                           for v, f in r["dev_by_value"])
         ratio = f" ({r['train_titles_per_s'] / stock['train_titles_per_s']:.2f}×)" if stock else ""
         name = f"{r['method']}{' †' if r['method'] in front else ''}"
