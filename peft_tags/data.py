@@ -110,10 +110,13 @@ class ReadStats:
         return asdict(self)
 
     def summary(self) -> str:
-        s = (
-            f"{self.path}: {self.examples} examples, {self.spans} spans, "
-            f"{self.labels} labels, {self.characters} characters"
-        )
+        if self.fmt == "tags":  # spans without offsets: one per tag of a title
+            s = f"{self.path}: {self.examples} examples, {self.spans} tags, {self.labels} distinct, {self.characters} characters"
+        else:
+            s = (
+                f"{self.path}: {self.examples} examples, {self.spans} spans, "
+                f"{self.labels} labels, {self.characters} characters"
+            )
         if self.fmt == "conll" and self.repaired_tags:
             s += f"; {self.repaired_tags} I-/E- tags that did not continue a span started new spans"
         if self.fmt == "attribute-value":

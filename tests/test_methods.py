@@ -32,6 +32,9 @@ METHODS = {
             LAYERS * (D + D + D + INTER)),  # key, value: output vectors; both output.dense: input vectors
     "bottleneck-houlsby": ("bottleneck", {"variant": "houlsby", "bottleneck_size": 4},
                            LAYERS * 2 * (2 * D * 4 + 4 + D)),  # down d·m + m, up m·d + d; two per block
+    "bottleneck-houlsby-ln": ("bottleneck", {"variant": "houlsby", "bottleneck_size": 4, "layer_norms": True},
+                              LAYERS * 2 * (2 * D * 4 + 4 + D)  # the adapters, and a weight and a bias
+                              + (1 + 2 * LAYERS) * 2 * D),      # per LayerNorm: embeddings, two per block
     "bottleneck-pfeiffer": ("bottleneck", {"variant": "pfeiffer", "reduction_factor": 8},
                             LAYERS * (2 * D * 4 + 4 + D)),  # m = 32 / 8; one per block
     "prefix": ("prefix", {"num_virtual_tokens": 5},

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import Context, register
+from ..errors import UserError
 from ._common import check_targets, get_peft_model
 
 VARIANTS = ("houlsby", "pfeiffer")
@@ -22,6 +23,8 @@ class BottleneckOptions:
     scaling: float = field(default=1.0, metadata={"help": "multiplies the adapter's output"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter input"})
     init_std: float = field(default=1e-2, metadata={"help": "std of the down-projection at init (the up-projection starts at zero)"})
+    layer_norms: bool = field(default=False, metadata={
+        "help": "also train the backbone's LayerNorm weights and biases, as Houlsby et al. do (2 x hidden size each)"})
     target_modules: list[str] | None = field(default=None, metadata={
         "help": "output projections to adapt (name suffixes); null: the variant's sublayers of a known backbone"})
 
@@ -46,6 +49,21 @@ def apply(model, options: BottleneckOptions, ctx: Context):
         variant=options.variant, bottleneck_size=options.bottleneck_size, reduction_factor=options.reduction_factor,
         activation=options.activation, scaling=options.scaling, dropout=options.dropout, init_std=options.init_std,
         target_modules=None if options.target_modules is None else list(options.target_modules),
-        modules_to_save=[ctx.head_name],
+        modules_to_save=[ctx.head_name] + (norm_layers(model, ctx.head_name) if options.layer_norms else []),
     )
     return get_peft_model(model, config)
+
+
+def norm_layers(model, head_name: str) -> list[str]:
+    """The full names of the backbone's normalisation layers (LayerNorm, RMSNorm), head excluded.
+
+    Full names, because peft picks ``modules_to_save`` by name suffix: ``output.LayerNorm``
+    alone would also pick ``attention.output.LayerNorm``."""
+    import torch
+
+    names = [n for n, m in model.named_modules()
+             if (isinstance(m, torch.nn.LayerNorm) or type(m).__name__.endswith("RMSNorm"))
+             and n.split(".")[0] != head_name]
+    if not names:
+        raise UserError("method.layer_norms: this backbone has no LayerNorm or RMSNorm layers to train")
+    return names
