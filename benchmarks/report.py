@@ -139,18 +139,40 @@ def markdown(task: str, budget: str, command: str, grid: dict, rows: list[dict],
     return "\n".join(lines)
 
 
+def label_offsets(rows: list[dict], height_pt: float = 300.0, near_decades: float = 0.3, line_pt: float = 10.0) -> list[int]:
+    """Vertical label offsets (points) so that the labels of points close together are
+    stacked instead of printed over each other. From the highest point down, a label sits
+    just above its point unless it would come within a line of a label already placed
+    nearby (within ``near_decades`` on the log parameter axis); then it moves down a line at
+    a time. ``height_pt`` is about the axes' height, to turn F1 into points."""
+    import math
+
+    ys = [r["test_micro_f1"] for r in rows]
+    per_f1 = height_pt / max(max(ys) - min(ys), 0.05) if rows else 0.0
+    placed: list[tuple[float, float]] = []  # (log10 x, label y in points)
+    offsets = {}
+    for i in sorted(range(len(rows)), key=lambda i: -ys[i]):
+        x = math.log10(max(rows[i]["parameters"]["trainable"], 1))
+        dy = 4
+        while any(abs(px - x) < near_decades and abs(py - (ys[i] * per_f1 + dy)) < line_pt for px, py in placed):
+            dy -= line_pt
+        offsets[i] = int(dy)
+        placed.append((x, ys[i] * per_f1 + dy))
+    return [offsets[i] for i in range(len(rows))]
+
+
 def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    for r in rows:
+    for r, dy in zip(rows, label_offsets(rows)):
         stock = r["kind"] == "stock"
         ax.scatter(r["parameters"]["trainable"], r["test_micro_f1"], marker="x" if stock else "o", s=40,
                    color="grey" if stock else "tab:blue", zorder=3)
         ax.annotate(r["method"] + (" (reference)" if stock else ""), (r["parameters"]["trainable"], r["test_micro_f1"]),
-                    textcoords="offset points", xytext=(5, 4), fontsize=8)
+                    textcoords="offset points", xytext=(5, dy), fontsize=8)
     front = pareto(rows)
     xs = [r["parameters"]["trainable"] for r in front]
     ys = [r["test_micro_f1"] for r in front]
