@@ -1,4 +1,4 @@
-"""The ``peft-tags`` command: train, validate, ls, predict, export, derive-tags.
+"""The ``peft-tags`` command: train, validate, ls, predict, export, retune, derive-tags.
 
 Mistakes a user can make end in one line per problem on stderr and exit code 2; anything
 else is a bug and keeps its traceback.
@@ -94,6 +94,19 @@ def _export(args) -> int:
     return 0
 
 
+def _retune(args) -> int:
+    from .retune import retune
+
+    m = retune(args.output_dir, args.overrides, batch_size=args.batch_size)
+    th, before = m["thresholds"], m["retuned"][-1]["before"]
+    check = th.get("held_out_dev")
+    print(f"{args.output_dir}: {th['rule']} thresholds (global {th['global']}, {th['tuned_per_tag']} tags with their own)"
+          + (f"; held-out dev micro-F1 per-tag {check['per-tag']:.4f}, global {check['global']:.4f}" if check else "")
+          + (f"; test micro-F1 {before['test_micro_f1']:.4f} -> {m['test_micro_f1']:.4f}" if "test_micro_f1" in m
+             and before.get("test_micro_f1") is not None else ""), file=sys.stderr)
+    return 0
+
+
 def _read_titles(path: Path) -> list[str]:
     """The 'text' field of each JSON line; UserError naming the line for anything else."""
     if not path.is_file():
@@ -165,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("dest", help="directory to write (an output directory of method 'full')")
     ex.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
     ex.set_defaults(func=_export)
+    rt = sub.add_parser("retune", help="multi-label runs: tune the decision thresholds on dev again (another rule, "
+                                       "support or top-k) and re-score, without training")
+    rt.add_argument("output_dir", help="a trained multi-label output directory (rewritten in place, model untouched)")
+    rt.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="task.thresholds, task.min_tag_support, task.top_k; data.root, data.dev, data.test")
+    rt.add_argument("--batch-size", type=_positive_int, default=64)
+    rt.set_defaults(func=_retune)
     dt = sub.add_parser("derive-tags", help="derive a multi-label tag set (train/dev/test.jsonl) from span-tagged titles")
     dt.add_argument("source", help="folder with train.txt, dev.txt, test.txt (CoNLL), under the data root or a path")
     dt.add_argument("dest", help="folder to write")

@@ -29,7 +29,7 @@ TASK_TYPES = ("tagging", "multilabel")
 DATA_FORMATS = ("conll", "jsonl", "attribute-value", "tags")
 POOLING = ("mean", "first")
 POS_WEIGHT = ("none", "sqrt", "balanced")
-THRESHOLDS = ("per-tag", "global")
+THRESHOLDS = ("auto", "per-tag", "global")
 SCHEDULES = ("linear", "cosine", "constant")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 LOG_WITH = ("tensorboard", "none")
@@ -92,8 +92,9 @@ class TaskSection:
                          "((titles without / with the tag in train), or its square root), capped at pos_weight_cap",
                          choices=POS_WEIGHT)
     pos_weight_cap: float = _f(50.0, "multilabel: the largest positive weight (>= 1)", ge=1)
-    thresholds: str = _f("per-tag", "multilabel: decision thresholds tuned on dev, per-tag (a tag with fewer than "
-                         "min_tag_support dev titles uses the global one) or one global", choices=THRESHOLDS)
+    thresholds: str = _f("auto", "multilabel: decision thresholds tuned on dev: per-tag (a tag with fewer than "
+                         "min_tag_support dev titles uses the global one), one global, or auto (per-tag only if "
+                         "they beat the global one on held-out dev folds)", choices=THRESHOLDS)
     min_tag_support: int = _f(5, "multilabel: dev titles a tag needs for a threshold of its own (>= 1)", ge=1)
     top_k: int | None = _f(None, "multilabel: at most this many tags per title (the highest scores); null: no limit", ge=1)
 

@@ -180,6 +180,7 @@ class TrainRun:
         b = r.backbone
         model = build_token_classifier(backbone, self.task.num_outputs, t.seed, b.quantization, b.double_quantization,
                                        b.compute_dtype)
+        self.task.init_head(model)
         self.method = methods.get(r.method.name)
         lengths = [len(e.input_ids) for e in self.encoded["train"]]
         self.sampler = LengthBucketBatches(lengths, t.batch_size, t.seed, t.length_bucketing)
@@ -577,7 +578,9 @@ def _task_line(recipe: Recipe, m: dict) -> str:
     if t.type == "multilabel":
         th = m.get("thresholds", {})
         return (f"multi-label tags ({m['tag_stats']['vocabulary']} in the vocabulary), {t.pooling} pooling, sigmoid per tag; "
-                f"decision: {t.thresholds} thresholds tuned on dev (global {th.get('global')})"
+                f"decision: {th.get('rule', t.thresholds)} thresholds tuned on dev (global {th.get('global')}"
+                + (f"; asked for auto: held-out dev micro-F1 per-tag {th['held_out_dev']['per-tag']:.4f}, global "
+                   f"{th['held_out_dev']['global']:.4f}" if th.get("held_out_dev") else "") + ")"
                 + (f", at most {t.top_k} tags" if t.top_k else ""))
     return f"character-span tagging (BIO), {t.slots} label slots per token"
 

@@ -11,9 +11,9 @@ import torch
 
 from conftest import REPO, write_recipe
 from peft_tags.cli import main as cli_main
-from peft_tags.tasks.multilabel import GRID, decide, positive_weights, tune_global, tune_per_tag
+from peft_tags.tasks.multilabel import GRID, decide, held_out_check, positive_weights, tune_global, tune_per_tag
 
-ML = {"type": "multilabel", "pooling": "mean"}
+ML = {"type": "multilabel", "pooling": "mean", "thresholds": "per-tag"}
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +37,13 @@ def test_a_learnable_toy_set_reaches_high_f1(ml_run):
     dev = m["scores"]["dev"]  # dev is scored at the one global threshold tuned on it, not at per-tag ones
     assert dev["by_rule"]["global"]["micro_f1"] == pytest.approx(dev["micro_f1"]) == pytest.approx(m["dev_micro_f1"])
     assert m["thresholds"]["tuned_per_tag"] == sum(1 for v in dev["per_tag"].values() if v["support"] >= 5)
+    assert m["thresholds"]["rule"] == m["thresholds"]["asked"] == "per-tag" and m["thresholds"]["held_out_dev"] is None
     stats = m["tag_stats"]
     assert stats["vocabulary"] == 9 and stats["test"]["tags_outside_vocabulary"] == 0
     assert "micro avg" in (ml_run / "test_report.txt").read_text()
 
 
-def test_thresholds_round_trip_into_predict(ml_run):
+def test_thresholds_round_trip_into_predict(ml_run, toy_tags):
     from peft_tags.predict import TagClassifier, Tagger
 
     meta = json.loads((ml_run / "labels.json").read_text())
@@ -60,7 +61,14 @@ def test_thresholds_round_trip_into_predict(ml_run):
     want = [[tagger.codec.tags[j] for j in row] for row in decide(probs, rule, None)]
     assert [[t.tag for t in ts] for ts in got] == want
     assert all(ts == sorted(ts, key=lambda t: -t.score) for ts in got)
-    assert len({t.tag for t in got[0]} & {"黑色", "硅胶", "手机壳"}) >= 2  # its true tags (the model is ~0.9 F1)
+    # on the test titles, predict's tags score exactly what training recorded for test
+    from peft_tags.data import read_examples
+    from peft_tags.metrics import tag_f1
+
+    test = read_examples(toy_tags / "toy-tags" / "test.jsonl", "tags")
+    predicted = [[t.tag for t in ts] for ts in tagger.tag([e.text for e in test])]
+    recorded = json.loads((ml_run / "metrics.json").read_text())["test_micro_f1"]
+    assert tag_f1(predicted, [e.tags for e in test])["micro_f1"] == pytest.approx(recorded) and recorded > 0.85
     # one global threshold and a cap, chosen at predict time
     assert all(len(ts) <= 1 for ts in tagger.tag(titles, threshold=0.01, top_k=1))
     code = ("import json,sys; from peft_tags.predict import Tagger; "
@@ -133,6 +141,50 @@ def test_per_tag_thresholds_fall_back_for_rare_tags():
     th = tune_per_tag(probs, gold, global_threshold=0.4, min_support=5)
     assert 0.6 < th[0] <= 0.8  # tuned
     assert th[1] == 0.4 and th[2] == 0.4  # too few dev titles: the global one
+
+
+def _calibrated(n: int, tags: int, offsets: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores whose best threshold differs per tag by ``offsets``: positives near 0.5 + offset."""
+    rng = np.random.default_rng(seed)
+    gold = rng.random((n, tags)) < 0.15
+    probs = np.clip(0.3 + offsets + 0.25 * gold + rng.normal(0, 0.08, (n, tags)), 0.01, 0.99)
+    return probs, gold
+
+
+def test_held_out_check_keeps_per_tag_thresholds_that_generalise():
+    # every tag has its own calibration (a tag's positives score 0.55 + its offset): one global threshold
+    # cannot fit them all, per-tag thresholds can, and they win on the held-out folds
+    probs, gold = _calibrated(400, 6, np.array([-0.25, -0.15, 0.0, 0.1, 0.2, 0.3]), seed=1)
+    check = held_out_check(probs, gold, np.zeros(400, dtype=np.int64), min_support=5)
+    assert check["folds"] == 5 and check["per-tag"] > check["global"] + 0.05, check
+
+
+def test_held_out_check_prefers_one_threshold_where_per_tag_fits_noise():
+    # one calibration for all 40 tags and only a few positives per tag: per-tag thresholds chase noise
+    probs, gold = _calibrated(60, 40, np.zeros(40), seed=2)
+    check = held_out_check(probs, gold, np.zeros(60, dtype=np.int64), min_support=2)
+    assert check["global"] > check["per-tag"], check
+    # too few titles for 5 folds: no check
+    assert held_out_check(probs[:9], gold[:9], np.zeros(9, dtype=np.int64), min_support=2) is None
+
+
+def test_held_out_check_counts_tags_outside_the_vocabulary_as_misses():
+    probs, gold = _calibrated(100, 4, np.zeros(4), seed=3)
+    none = held_out_check(probs, gold, np.zeros(100, dtype=np.int64), min_support=5)
+    some = held_out_check(probs, gold, np.full(100, 2, dtype=np.int64), min_support=5)
+    assert some["global"] < none["global"] and some["per-tag"] < none["per-tag"]
+
+
+def test_auto_rule_is_decided_on_dev_and_saved(tmp_path, tiny_backbone, toy_tags):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_tags, tmp_path / "out",
+                          task_options={**ML, "thresholds": "auto"}, epochs=2, lr=2e-2, head_lr=1e-1)
+    assert cli_main(["train", str(recipe)]) == 0
+    th = json.loads((tmp_path / "out" / "labels.json").read_text())["thresholds"]
+    check = th["held_out_dev"]
+    assert th["asked"] == "auto" and set(check) == {"per-tag", "global", "folds"}
+    assert th["rule"] == ("per-tag" if check["per-tag"] > check["global"] else "global")
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["test_micro_f1"] == pytest.approx(m["scores"]["test"]["by_rule"][th["rule"]]["micro_f1"])
 
 
 def test_decide_orders_by_score_and_caps():
@@ -221,3 +273,80 @@ def lora_tagging_run(tmp_path_factory, tiny_backbone, toy_data):
     recipe = write_recipe(tmp / "r.yaml", tiny_backbone, toy_data, tmp / "out", epochs=1)
     assert cli_main(["train", str(recipe)]) == 0
     return tmp / "out"
+
+
+def test_retune_changes_the_rule_without_training(ml_run, tmp_path, capsys):
+    import shutil
+
+    from peft_tags.predict import Tagger
+
+    run = tmp_path / "run"
+    shutil.copytree(ml_run, run)
+    before = json.loads((run / "metrics.json").read_text())
+    weights = {p.name: p.read_bytes() for p in run.glob("*.safetensors")}
+    assert cli_main(["retune", str(run), "task.thresholds=global"]) == 0
+    assert "global thresholds" in capsys.readouterr().err
+    after = json.loads((run / "metrics.json").read_text())
+    meta = json.loads((run / "labels.json").read_text())
+    assert meta["thresholds"]["rule"] == "global" and after["thresholds"]["rule"] == "global"
+    # the same model and dev, so the same global threshold and the score training recorded for that rule
+    assert meta["thresholds"]["global"] == before["thresholds"]["global"]
+    assert after["test_micro_f1"] == pytest.approx(before["scores"]["test"]["by_rule"]["global"]["micro_f1"])
+    assert after["retuned"][0]["overrides"] == ["task.thresholds=global"]
+    assert after["retuned"][0]["before"]["test_micro_f1"] == before["test_micro_f1"]
+    assert after["train_seconds"] == before["train_seconds"]  # training facts are kept
+    assert {p.name: p.read_bytes() for p in run.glob("*.safetensors")} == weights
+    assert "thresholds: global" in (run / "recipe.yaml").read_text()
+    assert not list(run.glob(".retune-*"))
+    titles = ["华为黑色硅胶手机壳", "小米白色支架"]
+    clf = Tagger.load(run)
+    assert clf.tag(titles) == clf.tag(titles, threshold=meta["thresholds"]["global"])
+    # auto: the rule comes from the held-out check, and a cap applies from then on
+    assert cli_main(["retune", str(run), "task.thresholds=auto", "task.top_k=1"]) == 0
+    th = json.loads((run / "labels.json").read_text())["thresholds"]
+    assert th["rule"] == ("per-tag" if th["held_out_dev"]["per-tag"] > th["held_out_dev"]["global"] else "global")
+    assert all(len(ts) <= 1 for ts in Tagger.load(run).tag(titles))
+    assert len(json.loads((run / "metrics.json").read_text())["retuned"]) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["training.lr=1e-3"], "'training.lr=1e-3': retune takes KEY=VALUE with KEY one of task.thresholds"),
+    (["task.thresholds=best"], "task.thresholds"),
+    (["data.dev=missing.jsonl"], "data.dev"),
+])
+def test_retune_mistakes(ml_run, tmp_path, capsys, args, message):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(ml_run, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert cli_main(["retune", str(run), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # nothing half-written
+
+
+def test_retune_refuses_tagging_runs_and_non_runs(lora_tagging_run, tmp_path, capsys):
+    assert cli_main(["retune", str(lora_tagging_run)]) == 2
+    assert "a tagging run; only multi-label runs have thresholds to tune" in capsys.readouterr().err
+    assert cli_main(["retune", str(tmp_path)]) == 2
+    assert "not a trained output directory (no labels.json)" in capsys.readouterr().err
+
+
+def test_head_bias_starts_at_the_tags_base_rates(tmp_path, tiny_backbone, toy_tags):
+    from peft_tags.data import TagExample, read_examples
+    from peft_tags.model import build_token_classifier, load_tokenizer
+    from peft_tags.recipe import load_recipe
+    from peft_tags.tasks import make_task
+    from peft_tags.tasks.multilabel import prior_logits
+
+    ex = [TagExample("a", ["x"], "f:1"), TagExample("b", ["x", "y"], "f:2"), TagExample("c", [], "f:3")]
+    np.testing.assert_allclose(prior_logits(ex, ["x", "y", "z"]),  # (count + 0.5) / (titles + 1), as log-odds
+                               np.log(np.array([2.5, 1.5, 0.5]) / np.array([1.5, 2.5, 3.5])), rtol=1e-6)
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_tags, tmp_path / "out", task_options=ML))
+    train = read_examples(toy_tags / "toy-tags" / "train.jsonl", "tags")
+    task = make_task(recipe, load_tokenizer(str(tiny_backbone)), train)
+    model = build_token_classifier(str(tiny_backbone), task.num_outputs, seed=0)
+    task.init_head(model)
+    rate = np.array([sum(t in e.tags for e in train) / len(train) for t in task.codec.tags])
+    np.testing.assert_allclose(torch.sigmoid(model.classifier.bias.detach()).numpy(), rate, atol=0.01)

@@ -89,6 +89,13 @@ def positive_weights(examples: list[TagExample], tags: list[str], how: str, cap:
     return np.clip(w, 1.0, cap).astype(np.float32)
 
 
+def prior_logits(examples: list[TagExample], tags: list[str]) -> np.ndarray:
+    """Per tag, log(p / (1 - p)) with p its share of the titles (smoothed: never 0 or 1)."""
+    y = multi_hot(examples, tags)
+    p = (y.sum(0) + 0.5) / (len(examples) + 1.0)
+    return np.log(p / (1 - p)).astype(np.float32)
+
+
 def multi_hot(examples: list[TagExample], tags: list[str]) -> np.ndarray:
     index = {t: i for i, t in enumerate(tags)}
     y = np.zeros((len(examples), len(tags)), dtype=bool)
@@ -134,6 +141,30 @@ def tune_per_tag(probs: np.ndarray, gold: np.ndarray, global_threshold: float, m
                 best = key
                 thresholds[j] = float(t)
     return thresholds
+
+
+def held_out_check(probs: np.ndarray, gold: np.ndarray, missed: np.ndarray, min_support: int, folds: int = 5,
+                   seed: int = 0) -> dict | None:
+    """Would per-tag thresholds beat one global threshold on titles they were not tuned on?
+
+    Cross-fitting on dev: the titles are dealt into ``folds`` folds (a fixed shuffle); both
+    rules are tuned on the other folds and decide the held-out one; true positives,
+    predictions and gold tags (``missed[i]``: title i's gold tags outside the vocabulary) are
+    summed over the folds into one micro-F1 per rule. None when dev has too few titles."""
+    n = len(probs)
+    if n < 2 * folds:
+        return None
+    fold_of = np.random.default_rng(seed).permutation(n) % folds
+    counts = {"per-tag": np.zeros(3), "global": np.zeros(3)}  # tp, predicted, gold
+    for k in range(folds):
+        fit, held = fold_of != k, fold_of == k
+        g, _ = tune_global(probs[fit], gold[fit], int(missed[fit].sum()))
+        rules = {"global": g, "per-tag": tune_per_tag(probs[fit], gold[fit], g, min_support)}
+        for name, th in rules.items():
+            pred = probs[held] >= th
+            counts[name] += (int((pred & gold[held]).sum()), int(pred.sum()), int(gold[held].sum() + missed[held].sum()))
+    out = {name: float(_f1(*c)) for name, c in counts.items()}
+    return {**out, "folds": folds}
 
 
 def decide(probs: np.ndarray, thresholds: np.ndarray | float, top_k: int | None) -> list[list[int]]:

@@ -1,0 +1,95 @@
+"""Decide again how a trained multi-label run turns scores into tags, without training again.
+
+``peft-tags retune RUN [task.thresholds=auto] [task.min_tag_support=N] [task.top_k=K]``
+predicts dev and test with the run's model, tunes the thresholds on dev under the new rule
+(the same code as at the end of training), scores test, and rewrites the run's
+``labels.json`` (used by predict), ``metrics.json``, reports, model card and ``recipe.yaml``.
+The model files are not touched. ``data.root``, ``data.dev`` and ``data.test`` may be given
+when the data moved since training.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+ALLOWED = ("task.thresholds", "task.min_tag_support", "task.top_k", "data.root", "data.dev", "data.test")
+
+
+def retune(run: str | os.PathLike, overrides: list[str] = (), batch_size: int = 64) -> dict:
+    """Re-tune and re-score ``run`` under ``overrides``; returns the new metrics."""
+    from .data import read_examples, resolve_data_path
+    from .predict import Tagger
+    from .recipe import load_recipe
+    from .tasks import MultiLabelTask
+    from .tasks.multilabel import predict_probs
+    from .train import model_card
+
+    run = Path(run)
+    for name in ("labels.json", "metrics.json", "recipe.yaml"):
+        if not (run / name).is_file():
+            raise UserError(f"{run}: not a trained output directory (no {name})")
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if "=" not in item or key not in ALLOWED:
+            raise UserError(f"'{item}': retune takes KEY=VALUE with KEY one of {', '.join(ALLOWED)}")
+    meta = json.loads((run / "labels.json").read_text(encoding="utf-8"))
+    if meta.get("task", "tagging") != "multilabel":
+        raise UserError(f"{run}: a {meta.get('task', 'tagging')} run; only multi-label runs have thresholds to tune")
+    recipe = load_recipe(run / "recipe.yaml", list(overrides))
+    d = recipe.data
+    if d.dev is None:
+        raise UserError("data.dev: the thresholds are tuned on dev; give a dev file")
+
+    clf = Tagger.load(run)
+    task = MultiLabelTask.for_codec(recipe, clf.codec)
+    results = {}
+    tick = time.perf_counter()
+    for split in ("dev", "test"):  # dev first: it sets the thresholds test is decided by
+        rel = getattr(d, split)
+        if rel is None:
+            continue
+        examples = read_examples(resolve_data_path(rel, d.root, key=f"data.{split}"), d.format,
+                                 fullwidth_to_halfwidth=d.fullwidth_to_halfwidth, lowercase=d.lowercase,
+                                 max_examples=getattr(d, f"max_{split}_examples"))
+        probs = predict_probs(clf.model, clf.codec, clf.codec.encode([e.text for e in examples]), batch_size, clf.device)
+        results[split] = task.score(split, list(probs), examples, final=True)
+    seconds = time.perf_counter() - tick
+
+    old = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    metrics = {k: v for k, v in old.items() if not k.startswith(("dev_", "test_"))}
+    metrics.update({f"{split}_micro_f1": r["micro_f1"] for split, r in results.items()})
+    metrics.update({f"{split}_macro_f1": r["macro_f1"] for split, r in results.items()})
+    metrics["scores"] = {split: {k: v for k, v in r.items() if k != "report"} for split, r in results.items()}
+    metrics["thresholds"] = task.metrics()["thresholds"]
+    metrics["retuned"] = old.get("retuned", []) + [{
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "overrides": list(overrides),
+        "before": {"thresholds": old.get("thresholds"), "test_micro_f1": old.get("test_micro_f1")},
+        "seconds": round(seconds, 2)}]
+    meta["thresholds"] = task.thresholds()
+
+    from .recipe import dump_recipe
+
+    # everything is computed: write the small files aside, then swap each one in whole
+    stage = run / f".retune-{os.getpid()}"
+    stage.mkdir()
+    try:
+        files = {"labels.json": json.dumps(meta, ensure_ascii=False, indent=1),
+                 "metrics.json": json.dumps(metrics, ensure_ascii=False, indent=1),
+                 **{f"{split}_report.txt": r.get("report", "") for split, r in results.items()},
+                 "README.md": model_card(recipe, metrics)}
+        for name, text in files.items():
+            (stage / name).write_text(text, encoding="utf-8")
+        dump_recipe(recipe, stage / "recipe.yaml")
+        for name in [*files, "recipe.yaml"]:
+            os.replace(stage / name, run / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return metrics
