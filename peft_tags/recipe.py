@@ -30,6 +30,7 @@ DATA_FORMATS = ("conll", "jsonl", "attribute-value", "tags")
 POOLING = ("mean", "first")
 POS_WEIGHT = ("none", "sqrt", "balanced")
 THRESHOLDS = ("auto", "per-tag", "global")
+HEAD_BIAS = ("auto", "prior", "zero")
 SCHEDULES = ("linear", "cosine", "constant")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 LOG_WITH = ("tensorboard", "none")
@@ -96,6 +97,8 @@ class TaskSection:
                          "min_tag_support dev titles uses the global one), one global, or auto (per-tag only if "
                          "they beat the global one on held-out dev folds)", choices=THRESHOLDS)
     min_tag_support: int = _f(5, "multilabel: dev titles a tag needs for a threshold of its own (>= 1)", ge=1)
+    head_bias: str = _f("auto", "the head's starting bias: prior (the log base rate of each label, or log-odds of each "
+                        "tag, in train), zero, or auto (prior for multilabel, zero for tagging)", choices=HEAD_BIAS)
     top_k: int | None = _f(None, "multilabel: at most this many tags per title (the highest scores); null: no limit", ge=1)
 
 

@@ -180,7 +180,7 @@ class TrainRun:
         b = r.backbone
         model = build_token_classifier(backbone, self.task.num_outputs, t.seed, b.quantization, b.double_quantization,
                                        b.compute_dtype)
-        self.task.init_head(model)
+        self.task.init_head(model, self.encoded["train"])
         self.method = methods.get(r.method.name)
         lengths = [len(e.input_ids) for e in self.encoded["train"]]
         self.sampler = LengthBucketBatches(lengths, t.batch_size, t.seed, t.length_bucketing)

@@ -347,6 +347,35 @@ def test_head_bias_starts_at_the_tags_base_rates(tmp_path, tiny_backbone, toy_ta
     train = read_examples(toy_tags / "toy-tags" / "train.jsonl", "tags")
     task = make_task(recipe, load_tokenizer(str(tiny_backbone)), train)
     model = build_token_classifier(str(tiny_backbone), task.num_outputs, seed=0)
-    task.init_head(model)
+    task.init_head(model, task.encode(train))
     rate = np.array([sum(t in e.tags for e in train) / len(train) for t in task.codec.tags])
     np.testing.assert_allclose(torch.sigmoid(model.classifier.bias.detach()).numpy(), rate, atol=0.01)
+    # head_bias: zero leaves the bias as transformers built it (zeros)
+    recipe = load_recipe(write_recipe(tmp_path / "z.yaml", tiny_backbone, toy_tags, tmp_path / "out",
+                                      task_options={**ML, "head_bias": "zero"}))
+    task = make_task(recipe, load_tokenizer(str(tiny_backbone)), train)
+    model = build_token_classifier(str(tiny_backbone), task.num_outputs, seed=0)
+    task.init_head(model, task.encode(train))
+    assert not model.classifier.bias.detach().any()
+
+
+def test_tagging_head_bias_prior_is_each_slots_label_shares(tmp_path, tiny_backbone, toy_data):
+    from peft_tags.data import read_examples
+    from peft_tags.model import build_token_classifier, load_tokenizer
+    from peft_tags.recipe import load_recipe
+    from peft_tags.tasks import make_task
+    from peft_tags.tasks.tagging import IGNORE
+
+    train = read_examples(toy_data / "toy" / "train.txt", "conll")
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_data, tmp_path / "out",
+                                      task_options={"head_bias": "prior"}))
+    task = make_task(recipe, load_tokenizer(str(tiny_backbone)), train)
+    encoded = task.encode(train)
+    model = build_token_classifier(str(tiny_backbone), task.num_outputs, seed=0)
+    task.init_head(model, encoded)
+    n = len(task.codec.labels)
+    shares = torch.softmax(model.classifier.bias.detach().reshape(task.codec.slots, n), dim=1).numpy()
+    labels = np.concatenate([e.labels for e in encoded])
+    first = labels[:, 0][labels[:, 0] != IGNORE]  # slot 0 holds a character in every token
+    np.testing.assert_allclose(shares[0], np.bincount(first, minlength=n) / len(first), atol=0.01)
+    assert shares.shape == (task.codec.slots, n)  # a distribution per slot, slot-major as the head's outputs
