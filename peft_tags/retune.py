@@ -25,12 +25,11 @@ ALLOWED = ("task.thresholds", "task.min_tag_support", "task.top_k", "data.root",
 
 def retune(run: str | os.PathLike, overrides: list[str] = (), batch_size: int = 64) -> dict:
     """Re-tune and re-score ``run`` under ``overrides``; returns the new metrics."""
-    from .data import read_examples, resolve_data_path
     from .predict import Tagger
     from .recipe import load_recipe
     from .tasks import MultiLabelTask
     from .tasks.multilabel import predict_probs
-    from .train import model_card
+    from .train import model_card, read_split
 
     run = Path(run)
     for name in ("labels.json", "metrics.json", "recipe.yaml"):
@@ -53,12 +52,9 @@ def retune(run: str | os.PathLike, overrides: list[str] = (), batch_size: int = 
     results = {}
     tick = time.perf_counter()
     for split in ("dev", "test"):  # dev first: it sets the thresholds test is decided by
-        rel = getattr(d, split)
-        if rel is None:
+        if getattr(d, split) is None:
             continue
-        examples = read_examples(resolve_data_path(rel, d.root, key=f"data.{split}"), d.format,
-                                 fullwidth_to_halfwidth=d.fullwidth_to_halfwidth, lowercase=d.lowercase,
-                                 max_examples=getattr(d, f"max_{split}_examples"))
+        examples = read_split(d, split)
         probs = predict_probs(clf.model, clf.codec, clf.codec.encode([e.text for e in examples]), batch_size, clf.device)
         results[split] = task.score(split, list(probs), examples, final=True)
     seconds = time.perf_counter() - tick

@@ -126,6 +126,13 @@ def _set_rng_state(state: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- the run
+def read_split(d, split: str) -> list:
+    """The examples of one split of a recipe's ``data`` section, read as training reads them."""
+    path = resolve_data_path(getattr(d, split), d.root, key=f"data.{split}")
+    return read_examples(path, d.format, fullwidth_to_halfwidth=d.fullwidth_to_halfwidth, lowercase=d.lowercase,
+                         max_examples=getattr(d, f"max_{split}_examples"))
+
+
 class TrainRun:
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
@@ -224,15 +231,7 @@ class TrainRun:
 
     def _load_data(self) -> dict:
         d = self.recipe.data
-        out = {}
-        for split in ("train", "dev", "test"):
-            rel = getattr(d, split)
-            if rel is None:
-                continue
-            path = resolve_data_path(rel, d.root, key=f"data.{split}")
-            out[split] = read_examples(path, d.format, fullwidth_to_halfwidth=d.fullwidth_to_halfwidth, lowercase=d.lowercase,
-                                       max_examples=getattr(d, f"max_{split}_examples"))
-        return out
+        return {split: read_split(d, split) for split in ("train", "dev", "test") if getattr(d, split) is not None}
 
     def _check_output_dir(self) -> None:
         o, t = self.recipe.output, self.recipe.training
