@@ -10,7 +10,6 @@ when the data moved since training.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import time
@@ -18,15 +17,13 @@ from pathlib import Path
 
 from .errors import UserError
 
-log = logging.getLogger(__name__)
-
 ALLOWED = ("task.thresholds", "task.min_tag_support", "task.top_k", "data.root", "data.dev", "data.test")
 
 
 def retune(run: str | os.PathLike, overrides: list[str] = (), batch_size: int = 64) -> dict:
     """Re-tune and re-score ``run`` under ``overrides``; returns the new metrics."""
     from .predict import Tagger
-    from .recipe import load_recipe
+    from .recipe import dump_recipe, load_recipe
     from .tasks import MultiLabelTask
     from .tasks.multilabel import predict_probs
     from .train import model_card, read_split
@@ -70,8 +67,6 @@ def retune(run: str | os.PathLike, overrides: list[str] = (), batch_size: int = 
         "before": {"thresholds": old.get("thresholds"), "test_micro_f1": old.get("test_micro_f1")},
         "seconds": round(seconds, 2)}]
     meta["thresholds"] = task.thresholds()
-
-    from .recipe import dump_recipe
 
     # everything is computed: write the small files aside, then swap each one in whole
     stage = run / f".retune-{os.getpid()}"

@@ -225,7 +225,8 @@ class MultiLabelTask(_Task):
             if final:
                 self.per_tag = tune_per_tag(probs, y, self.global_threshold, t.min_tag_support)
                 self.tuned_per_tag = int((y.sum(0) >= t.min_tag_support).sum())
-                self._choose_rule(held_out_check(probs, y, missed, t.min_tag_support) if t.thresholds == "auto" else None)
+                if t.thresholds == "auto":
+                    self._choose_rule(held_out_check(probs, y, missed, t.min_tag_support))
         per_tag_rule = final and split != "dev" and self.rule == "per-tag" and self.per_tag is not None
         rule = self.per_tag if per_tag_rule else self.global_threshold
         scores = tag_f1(self._decide(probs, rule), gold)
@@ -241,11 +242,8 @@ class MultiLabelTask(_Task):
         """``thresholds: auto`` takes per-tag thresholds only where they beat the global one on
         held-out dev folds: with few dev titles per tag, tuning each tag's own threshold can fit
         dev's noise and lose on new titles."""
-        asked = self.recipe.task.thresholds
         self.rule_check = check
-        if asked != "auto":
-            self.rule = asked
-        elif check is None:
+        if check is None:
             self.rule = "global"
             log.info("thresholds: dev has too few titles to check per-tag thresholds on held-out folds; one global threshold")
         else:
