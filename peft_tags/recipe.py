@@ -98,7 +98,7 @@ class TaskSection:
                          "they beat the global one on held-out dev folds)", choices=THRESHOLDS)
     min_tag_support: int = _f(5, "multilabel: dev titles a tag needs for a threshold of its own (>= 1)", ge=1)
     head_bias: str = _f("auto", "the head's starting bias: prior (the log base rate of each label, or log-odds of each "
-                        "tag, in train), zero, or auto (prior for multilabel, zero for tagging)", choices=HEAD_BIAS)
+                        "tag, in train), zero, or auto (prior)", choices=HEAD_BIAS)
     top_k: int | None = _f(None, "multilabel: at most this many tags per title (the highest scores); null: no limit", ge=1)
 
 
