@@ -359,7 +359,8 @@ def test_head_bias_starts_at_the_tags_base_rates(tmp_path, tiny_backbone, toy_ta
     assert not model.classifier.bias.detach().any()
 
 
-def test_tagging_head_bias_prior_is_each_slots_label_shares(tmp_path, tiny_backbone, toy_data):
+@pytest.mark.parametrize("asked", [{}, {"head_bias": "auto"}, {"head_bias": "prior"}], ids=["default", "auto", "prior"])
+def test_tagging_head_bias_prior_is_each_slots_label_shares(tmp_path, tiny_backbone, toy_data, asked):
     from peft_tags.data import read_examples
     from peft_tags.model import build_token_classifier, load_tokenizer
     from peft_tags.recipe import load_recipe
@@ -368,7 +369,7 @@ def test_tagging_head_bias_prior_is_each_slots_label_shares(tmp_path, tiny_backb
 
     train = read_examples(toy_data / "toy" / "train.txt", "conll")
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_data, tmp_path / "out",
-                                      task_options={"head_bias": "prior"}))
+                                      task_options=asked))
     task = make_task(recipe, load_tokenizer(str(tiny_backbone)), train)
     encoded = task.encode(train)
     model = build_token_classifier(str(tiny_backbone), task.num_outputs, seed=0)
