@@ -5,18 +5,21 @@
     python benchmarks/harness.py --budget cpu --dry-run         # the cells and their commands
     python benchmarks/harness.py --budget cpu --method lora,full   # some methods only
     python benchmarks/harness.py --budget cpu --report-only     # rebuild the reports from the results
+    python benchmarks/harness.py --budget full --cell full@lr=3e-4 --seeds 42,43   # one cell, two seeds
 
 Each cell trains ``run_recipe.py RECIPE <budget overrides> <sweep value>`` in a fresh process
 and leaves one JSON under ``benchmarks/results/grid/<budget>/<task>/cells/`` (scores, parameters,
 speed, memory, adapter size, provenance). A finished cell is not run again unless its resolved
 recipe or the peft-tags code it ran (by content) changed; an interrupted cell resumes from its
-last checkpoint. A tree with uncommitted changes, or a grid file outside the commit, writes
+last checkpoint. ``--seeds`` trains cells again with other seeds (``training.seed``); a
+value trained with several seeds is judged on its seed means in the report. A tree with uncommitted changes, or a grid file outside the commit, writes
 under ``benchmarks/results/grid-dirty/`` instead, apart from the official results. At the end, each task gets ``<task>.md``, ``<task>.json`` and ``<task>.png``
 (see benchmarks/report.py).
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import math
@@ -26,7 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -61,10 +64,54 @@ class Cell:
     sweep_key: str
     sweep_value: float
     stock: dict = field(default_factory=dict)
+    seed: int | None = None    # None: the recipe's own seed (the stock recipe's: 42)
+
+    @property
+    def base_name(self) -> str:
+        return f"{self.method}@{self.sweep_key.rsplit('.', 1)[-1]}={short_float(self.sweep_value)}"
 
     @property
     def name(self) -> str:
-        return f"{self.method}@{self.sweep_key.rsplit('.', 1)[-1]}={short_float(self.sweep_value)}"
+        return self.base_name + ("" if self.seed is None else f",seed={self.seed}")
+
+    def with_seed(self, seed: int) -> "Cell":
+        """This cell trained with ``seed``; the cell itself where that is its own seed already."""
+        if seed == own_seed(self):
+            return self
+        if self.kind == "stock":
+            return replace(self, stock={**self.stock, "seed": seed}, seed=seed)
+        return replace(self, overrides=[*self.overrides, f"training.seed={seed}"], seed=seed)
+
+
+STOCK_SEED = 42  # benchmarks/stock_recipe.py --seed default
+
+
+def own_seed(cell: Cell) -> int:
+    """The seed a cell trains with when none is asked for: its resolved recipe's."""
+    if cell.kind == "stock":
+        return STOCK_SEED
+    from peft_tags.errors import UserError
+    from peft_tags.recipe import load_recipe, recipe_to_dict
+    try:
+        return int(recipe_to_dict(load_recipe(REPO / cell.recipe, cell.overrides))["training"]["seed"])
+    except UserError as e:
+        raise GridError(f"{cell.task}/{cell.name}: {e}") from None
+
+
+SEED_FILE = re.compile(r",seed=(\d+)\.json$")
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    seeds = []
+    for part in (x.strip() for x in text.split(",")):
+        if not part.isdigit():
+            raise GridError(f"--seeds: '{part}' is not a non-negative whole number")
+        if int(part) in seeds:
+            raise GridError(f"--seeds: {part} is listed twice")
+        seeds.append(int(part))
+    return seeds or None
 
 
 def _number(value, where: str) -> float:
@@ -183,7 +230,8 @@ def load_grid(path: Path, budget: str, tasks: list[str] | None = None, methods: 
 
 def cell_command(cell: Cell, out: Path) -> list[str]:
     if cell.kind == "stock":
-        opts = {f"--{key}": str(cell.stock[key]) for key in ("train", "dev", "test", "backbone", "epochs") if key in cell.stock}
+        opts = {f"--{key}": str(cell.stock[key]) for key in ("train", "dev", "test", "backbone", "epochs", "seed")
+                if key in cell.stock}
         for o in cell.overrides:  # the budget's sizes and epochs apply to the stock recipe too
             key, value = o.split("=", 1)
             if key in STOCK_ARGS:
@@ -377,6 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid", type=Path, default=REPO / "benchmarks" / "grid.yaml")
     ap.add_argument("--task", default=None, help="comma-separated task names (default: all)")
     ap.add_argument("--method", default=None, help="comma-separated method names (default: all)")
+    ap.add_argument("--cell", default=None,
+                    help="comma-separated cell names, e.g. full@lr=3e-4,lora@lr=2e-3 (default: every cell of the sweeps)")
+    ap.add_argument("--seeds", default=None,
+                    help="comma-separated seeds to train each chosen cell with (default: the recipe's own seed); "
+                         "the report averages whatever seeds a cell has")
     ap.add_argument("--results", type=Path, default=None,
                     help="results root (default benchmarks/results/grid, or grid-dirty for a tree with changes)")
     ap.add_argument("--runs", type=Path, default=REPO / "benchmarks" / "runs", help="where the cells' output directories go")
@@ -400,14 +453,26 @@ def _read_json(path: Path) -> dict | None:
 
 def _main(args) -> int:
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
-    cells = load_grid(args.grid, args.budget, split(args.task), split(args.method))
+    grid_cells = load_grid(args.grid, args.budget, split(args.task), split(args.method))
+    cells = grid_cells
+    if args.cell:
+        names = {c.base_name for c in grid_cells}
+        for n in split(args.cell):
+            if n not in names:
+                raise GridError(f"--cell: no cell '{n}' in the chosen tasks and methods of {args.grid} "
+                                f"(e.g. {', '.join(sorted(names)[:3])})")
+        cells = [c for c in grid_cells if c.base_name in split(args.cell)]
+    seeds = parse_seeds(args.seeds)
+    if seeds:
+        cells = [c.with_seed(s) for s in seeds for c in cells]  # every cell's first seed before any second one
     commit, dirty = tree_state()
     dirty = dirty or not committed_unchanged(args.grid)  # a grid file outside the commit cannot be reproduced from it
     root = args.results or (REPO / "benchmarks" / "results" / ("grid-dirty" if dirty else "grid"))
     results = root / args.budget
     command = " ".join(["python benchmarks/harness.py", f"--budget {args.budget}"]
                        + ([f"--grid {args.grid}"] if args.grid != REPO / "benchmarks" / "grid.yaml" else [])
-                       + ([f"--task {args.task}"] if args.task else []) + ([f"--method {args.method}"] if args.method else []))
+                       + ([f"--task {args.task}"] if args.task else []) + ([f"--method {args.method}"] if args.method else [])
+                       + ([f"--cell {args.cell}"] if args.cell else []) + ([f"--seeds {args.seeds}"] if args.seeds else []))
     if dirty and not args.dry_run and not args.report_only:
         print(f"note: uncommitted changes (or a grid file outside the commit); results go to {root}, not the official ones",
               flush=True)
@@ -416,7 +481,17 @@ def _main(args) -> int:
         return results / c.task / "cells" / f"{c.name}.json"
 
     code = code_fingerprint()
-    todo, progress, current = [], Progress(len(cells)), {}
+    # what the reports may use: every cell of the grid (within --task/--method), with each seed it
+    # was trained with; a cell file of another recipe or of a cell no longer swept is left out
+    current: dict[str, dict[str, str]] = {}
+    for c in grid_cells:
+        current.setdefault(c.task, {})[c.name] = fingerprint(c)
+        for f in (results / c.task / "cells").glob(f"{glob.escape(c.base_name)},seed=*.json"):
+            m = SEED_FILE.search(f.name)
+            if m and f.name == f"{c.base_name},seed={m.group(1)}.json":
+                other = c.with_seed(int(m.group(1)))
+                current[c.task][f.name[:-5]] = fingerprint(other) if other is not c else ""
+    todo, progress = [], Progress(len(cells))
     for c in cells:
         fp = fingerprint(c)
         current.setdefault(c.task, {})[c.name] = fp

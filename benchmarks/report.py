@@ -2,7 +2,8 @@
 test F1 against trainable parameters with the Pareto front.
 
 Per method, the sweep value with the best dev micro-F1 is chosen and only its test scores are
-reported; every dev score stays in the table and in the JSON. Called by benchmarks/harness.py;
+reported; every dev score stays in the table and in the JSON. A value trained with several seeds
+is judged and reported by its seed means, with the range of its test scores beside them. Called by benchmarks/harness.py;
 alone: ``python benchmarks/report.py benchmarks/results/grid/cpu/jd-ner``.
 """
 from __future__ import annotations
@@ -33,22 +34,54 @@ def read_cells(task_dir: Path, current: dict[str, str] | None = None) -> tuple[l
     return ok, failed, excluded
 
 
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def merge_seeds(group: list[dict]) -> dict:
+    """One sweep value's cells (one per seed) as one: scores and speeds are the seed means, peak
+    memory the largest; the cell trained with the recipe's own seed stands for the rest (command,
+    parameters, provenance). A single cell is returned as it is, with its seed listed."""
+    group = sorted(group, key=lambda c: ("," in c["cell"], c.get("seed") if isinstance(c.get("seed"), int) else 0))
+    first = group[0]
+    merged = {**first, "seeds": [c.get("seed") for c in group], "seed_cells": [c["cell"] for c in group]}
+    if len(group) == 1:
+        return merged
+    for key in ("dev_micro_f1", "dev_macro_f1", "test_micro_f1", "test_macro_f1"):
+        if all(c.get(key) is not None for c in group):
+            merged[key] = _mean([c[key] for c in group])
+    merged["test_by_seed"] = [[c.get("seed"), c["test_micro_f1"]] for c in group]
+    merged["dev_by_seed"] = [[c.get("seed"), c["dev_micro_f1"]] for c in group]
+    for key, digits in (("train_titles_per_s", 1), ("eval_titles_per_s", 1), ("train_seconds", 1)):
+        merged[key] = round(_mean([c[key] for c in group]), digits)
+    merged["peak_memory_mb"] = max(c["peak_memory_mb"] for c in group)
+    return merged
+
+
 def choose(cells: list[dict]) -> list[dict]:
-    """One row per method: the cell with the best dev micro-F1 (ties: the smaller sweep value),
-    with every value's dev score attached."""
-    by_method: dict[str, list[dict]] = {}
+    """One row per method: the sweep value with the best dev micro-F1, over its seeds' mean where
+    it has several (ties: the smaller value), with every value's dev score and seed count attached."""
+    by_method: dict[str, dict[float, list[dict]]] = {}
     for c in cells:
-        by_method.setdefault(c["method"], []).append(c)
+        by_method.setdefault(c["method"], {}).setdefault(next(iter(c["sweep"].values())), []).append(c)
     rows = []
-    for method, group in by_method.items():
-        group.sort(key=lambda c: next(iter(c["sweep"].values())))
+    for method, by_value in by_method.items():
+        group = [merge_seeds(by_value[v]) for v in sorted(by_value)]
         best = max(group, key=lambda c: (c["dev_micro_f1"] if c["dev_micro_f1"] is not None else -1.0,
                                          -next(iter(c["sweep"].values()))))
         key = next(iter(best["sweep"]))
         rows.append({**best, "sweep_key": key, "chosen": best["sweep"][key],
-                     "dev_by_value": [[next(iter(c["sweep"].values())), c["dev_micro_f1"]] for c in group]})
+                     "dev_by_value": [[next(iter(c["sweep"].values())), c["dev_micro_f1"], len(c["seeds"])] for c in group]})
     rows.sort(key=lambda r: (r["parameters"]["trainable"], r["method"]))
     return rows
+
+
+def _all_values(cells: list[dict]) -> list[dict]:
+    """Every (method, sweep value) of ``cells``, its seeds merged."""
+    by: dict[tuple, list[dict]] = {}
+    for c in cells:
+        by.setdefault((c["method"], next(iter(c["sweep"].values()))), []).append(c)
+    return [merge_seeds(g) for g in by.values()]
 
 
 def pareto(rows: list[dict]) -> list[dict]:
@@ -99,7 +132,9 @@ def markdown(task: str, budget: str, command: str, grid: dict, rows: list[dict],
              f"- Budget overrides on every recipe: {', '.join(f'`{o}`' for o in grid.get('overrides') or []) or 'none'}"
              f"{'; sweep: first value only' if grid.get('sweep') is False else ''}.",
              "- Per method, the learning rate (head-only: the head's) with the best dev micro-F1 is chosen; only its test "
-             "scores are reported. Every dev score is listed; the chosen one is in bold.",
+             "scores are reported. Every dev score is listed; the chosen one is in bold."
+             + (" A rate trained with several seeds (×n) is judged and reported by its seed means; its test scores' "
+                "range follows the mean." if any(len(r["seeds"]) > 1 for r in _all_values(cells)) else ""),
              f"- Code: {_commits(cells)}. {p0['cpu']}, {p0['cores']} cores, {p0['threads']} threads"
              f"{', GPU ' + p0['gpu'] if p0.get('gpu') else ''}; torch {p0['torch']}, transformers {p0['transformers']}, "
              f"peft {p0['peft']}; {_when(cells)}, one cell at a time.",
@@ -111,11 +146,15 @@ def markdown(task: str, budget: str, command: str, grid: dict, rows: list[dict],
     for r in rows:
         p = r["parameters"]
         tried = ", ".join((f"**{short_float(v)}: {f:.3f}**" if v == r["chosen"] else f"{short_float(v)}: {f:.3f}")
-                          for v, f in r["dev_by_value"])
+                          + (f" (×{n})" if n > 1 else "") for v, f, n in r["dev_by_value"])
+        spread = ""
+        if len(r["seeds"]) > 1:
+            tests = [t for _, t in r["test_by_seed"]]
+            spread = f" ({min(tests):.4f}–{max(tests):.4f}, {len(tests)} seeds)"
         ratio = f" ({r['train_titles_per_s'] / stock['train_titles_per_s']:.2f}×)" if stock else ""
         name = f"{r['method']}{' †' if r['method'] in front else ''}"
         lines.append(f"| {name} | {r['sweep_key'].rsplit('.', 1)[-1]} {tried} | {p['trainable']:,} ({p['adapter'] or p.get('backbone', 0):,} + {p['head']:,}) "
-                     f"| {p['trainable_pct']:.2f}% | **{r['test_micro_f1']:.4f}** | {r['test_macro_f1']:.4f} | {r['dev_micro_f1']:.4f} "
+                     f"| {p['trainable_pct']:.2f}% | **{r['test_micro_f1']:.4f}**{spread} | {r['test_macro_f1']:.4f} | {r['dev_micro_f1']:.4f} "
                      f"| {r['train_titles_per_s']}{ratio} | {r['eval_titles_per_s']} | {r['train_seconds'] / 60:.1f} min "
                      f"| {r['peak_memory_mb'] / 1024:.2f} GB | {_size(r['saved_file_bytes'])} |")
     lines += ["", "† on the Pareto front: it scores a higher test micro-F1 than every row with fewer or as many trainable "

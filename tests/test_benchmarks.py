@@ -78,7 +78,7 @@ def test_grid_end_to_end_resume_and_report(tmp_path, tiny_backbone, toy_data):
     best = max(lora_cells, key=lambda c: c["dev_micro_f1"])
     assert rows["lora"]["cell"] == best["cell"]  # chosen on dev
     assert rows["lora"]["test_micro_f1"] == best["test_micro_f1"]
-    assert sorted(f for _, f in rows["lora"]["dev_by_value"]) == sorted(c["dev_micro_f1"] for c in lora_cells)
+    assert sorted(f for _, f, _ in rows["lora"]["dev_by_value"]) == sorted(c["dev_micro_f1"] for c in lora_cells)
     md = (results / "cpu" / "toy.md").read_text()
     assert md.count("\n| ") == 1 + 3 and "(1.00×)" in md and "toy.png" in md
     assert (results / "cpu" / "toy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -97,9 +97,24 @@ def test_grid_end_to_end_resume_and_report(tmp_path, tiny_backbone, toy_data):
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     summary = json.loads((results / "cpu" / "toy.json").read_text())
     rows = {r["method"]: r for r in summary["rows"]}
-    assert [v for v, _ in rows["lora"]["dev_by_value"]] == [5e-3, 1e-2]
+    assert [v for v, _, _ in rows["lora"]["dev_by_value"]] == [5e-3, 1e-2]
     assert summary["excluded"] == ["lora@lr=3e-2"]
     assert "left out" in (results / "cpu" / "toy.md").read_text()
+
+    # a second seed of one cell: trained with training.seed, kept apart, and averaged in the report
+    seeded = _harness(*common, "--cell", "lora@lr=5e-3", "--seeds", "7,42", env_data=toy_data)
+    assert seeded.returncode == 0, seeded.stderr[-3000:]
+    assert "[1/1] toy lora@lr=5e-3,seed=42" in seeded.stdout, seeded.stdout  # seed 7 is the recipe's own: already done
+    extra = json.loads((results / "cpu" / "toy" / "cells" / "lora@lr=5e-3,seed=42.json").read_text())
+    assert extra["seed"] == 42 and "training.seed=42" in extra["command"]
+    first = cells["lora@lr=5e-3"]
+    assert first["seed"] == 7
+    report_only = _harness(*common, "--report-only", env_data=toy_data)  # without --seeds: the seed stays in
+    assert report_only.returncode == 0, report_only.stderr[-3000:]
+    summary = json.loads((results / "cpu" / "toy.json").read_text())
+    assert "lora@lr=5e-3,seed=42" in summary["cells"] and summary["excluded"] == ["lora@lr=3e-2"]
+    dev = {v: (f, n) for v, f, n in {r["method"]: r for r in summary["rows"]}["lora"]["dev_by_value"]}
+    assert dev[5e-3] == (pytest.approx((first["dev_micro_f1"] + extra["dev_micro_f1"]) / 2), 2) and dev[1e-2][1] == 1
 
 
 @pytest.mark.integration
@@ -252,7 +267,40 @@ def test_selection_is_on_dev_not_test():
     cells = [{**_row("m", 10, test=0.9, dev=0.6), "sweep": {"training.lr": 1e-3}, "cell": "m@1"},
              {**_row("m", 10, test=0.5, dev=0.7), "sweep": {"training.lr": 3e-3}, "cell": "m@3"}]
     (row,) = report.choose(cells)
-    assert row["cell"] == "m@3" and row["test_micro_f1"] == 0.5 and row["dev_by_value"] == [[1e-3, 0.6], [3e-3, 0.7]]
+    assert row["cell"] == "m@3" and row["test_micro_f1"] == 0.5 and row["dev_by_value"] == [[1e-3, 0.6, 1], [3e-3, 0.7, 1]]
+
+
+def _seeded(value, seed, dev, test, own=False):
+    name = f"m@lr={value}" + ("" if own else f",seed={seed}")
+    return {**_row("m", 10, test=test, dev=dev), "sweep": {"training.lr": value}, "cell": name, "seed": seed,
+            "train_titles_per_s": 10.0, "eval_titles_per_s": 100.0, "train_seconds": 60.0, "peak_memory_mb": 100 + seed}
+
+
+def test_a_rate_with_several_seeds_is_judged_on_its_mean():
+    # 3e-3 wins on its first seed alone, but its mean over two seeds loses to 1e-3's single cell
+    cells = [_seeded(1e-3, 42, dev=0.70, test=0.60, own=True),
+             _seeded(3e-3, 42, dev=0.72, test=0.62, own=True), _seeded(3e-3, 43, dev=0.66, test=0.58)]
+    (row,) = report.choose(cells)
+    assert row["chosen"] == 1e-3 and row["seeds"] == [42]
+    assert row["dev_by_value"] == [[1e-3, 0.70, 1], [3e-3, pytest.approx(0.69), 2]]
+    cells.append(_seeded(1e-3, 43, dev=0.60, test=0.50))
+    (row,) = report.choose(cells)
+    assert row["chosen"] == 3e-3 and row["cell"] == "m@lr=0.003"  # the recipe's own seed stands for the rest
+    assert row["test_micro_f1"] == pytest.approx(0.60) and row["test_by_seed"] == [[42, 0.62], [43, 0.58]]
+    assert row["seeds"] == [42, 43] and row["peak_memory_mb"] == 143
+
+
+def test_seeds_and_cells_on_the_command_line(tmp_path, capsys):
+    args = ["--budget", "full", "--method", "lora", "--results", str(tmp_path), "--dry-run"]
+    assert harness.main([*args, "--cell", "lora@lr=2e-3", "--seeds", "42,43"]) == 0
+    out = capsys.readouterr().out
+    assert "todo   jd-ner lora@lr=2e-3\n" in out and "lora@lr=2e-3,seed=43" in out and "training.seed=43 " in out
+    assert "2 cells, 2 to run" in out and "training.seed=42" not in out  # 42 is the recipe's own seed
+    for extra, message in ((["--cell", "lora@lr=9e-9"], "--cell: no cell 'lora@lr=9e-9'"),
+                           (["--seeds", "1,x"], "--seeds: 'x' is not"), (["--seeds", "3,3"], "--seeds: 3 is listed twice")):
+        assert harness.main([*args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and err.count("\n") == 1
 
 
 def test_progress_estimates_by_method_then_by_all():
