@@ -95,7 +95,7 @@ def own_seed(cell: Cell) -> int:
     try:
         return int(recipe_to_dict(load_recipe(REPO / cell.recipe, cell.overrides))["training"]["seed"])
     except UserError as e:
-        raise GridError(f"{cell.task}/{cell.name}: {e}") from None
+        raise GridError(f"{cell.task}/{cell.name}: {str(e).splitlines()[0]}") from None
 
 
 SEED_FILE = re.compile(r",seed=(\d+)\.json$")
@@ -105,9 +105,9 @@ def parse_seeds(text: str | None) -> list[int] | None:
     if not text:
         return None
     seeds = []
-    for part in (x.strip() for x in text.split(",")):
-        if not part.isdigit():
-            raise GridError(f"--seeds: '{part}' is not a non-negative whole number")
+    for part in (x.strip() for x in text.split(",") if x.strip()):
+        if not re.fullmatch(r"[0-9]+", part) or int(part) >= 2**32:
+            raise GridError(f"--seeds: '{part}' is not a whole number from 0 to 2**32-1")
         if int(part) in seeds:
             raise GridError(f"--seeds: {part} is listed twice")
         seeds.append(int(part))
@@ -260,7 +260,7 @@ def fingerprint(cell: Cell) -> str:
         try:
             d = recipe_to_dict(load_recipe(REPO / cell.recipe, cell.overrides))
         except UserError as e:
-            raise GridError(f"{cell.task}/{cell.name}: {e}") from None
+            raise GridError(f"{cell.task}/{cell.name}: {str(e).splitlines()[0]}") from None
         d.pop("output", None)
         d["training"].pop("resume", None)
         d["training"].pop("log_with", None)
@@ -492,6 +492,11 @@ def _main(args) -> int:
                 other = c.with_seed(int(m.group(1)))
                 current[c.task][f.name[:-5]] = fingerprint(other) if other is not c else ""
     todo, progress = [], Progress(len(cells))
+    running = {c.name for c in cells}
+    for c in grid_cells:  # cells not chosen this time still inform the estimates
+        done = _read_json(cell_json(c)) if c.name not in running and cell_json(c).is_file() else None
+        if done and done.get("status") == "ok" and done.get("wall_seconds"):
+            progress.learn(c.method, done["wall_seconds"])
     for c in cells:
         fp = fingerprint(c)
         current.setdefault(c.task, {})[c.name] = fp

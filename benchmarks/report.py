@@ -48,8 +48,7 @@ def merge_seeds(group: list[dict]) -> dict:
     if len(group) == 1:
         return merged
     for key in ("dev_micro_f1", "dev_macro_f1", "test_micro_f1", "test_macro_f1"):
-        if all(c.get(key) is not None for c in group):
-            merged[key] = _mean([c[key] for c in group])
+        merged[key] = _mean([c[key] for c in group]) if all(c.get(key) is not None for c in group) else None
     merged["test_by_seed"] = [[c.get("seed"), c["test_micro_f1"]] for c in group]
     merged["dev_by_seed"] = [[c.get("seed"), c["dev_micro_f1"]] for c in group]
     for key, digits in (("train_titles_per_s", 1), ("eval_titles_per_s", 1), ("train_seconds", 1)):
@@ -154,7 +153,7 @@ def markdown(task: str, budget: str, command: str, grid: dict, rows: list[dict],
         ratio = f" ({r['train_titles_per_s'] / stock['train_titles_per_s']:.2f}×)" if stock else ""
         name = f"{r['method']}{' †' if r['method'] in front else ''}"
         lines.append(f"| {name} | {r['sweep_key'].rsplit('.', 1)[-1]} {tried} | {p['trainable']:,} ({p['adapter'] or p.get('backbone', 0):,} + {p['head']:,}) "
-                     f"| {p['trainable_pct']:.2f}% | **{r['test_micro_f1']:.4f}**{spread} | {r['test_macro_f1']:.4f} | {r['dev_micro_f1']:.4f} "
+                     f"| {p['trainable_pct']:.2f}% | **{r['test_micro_f1']:.4f}**{spread} | {'-' if r['test_macro_f1'] is None else format(r['test_macro_f1'], '.4f')} | {r['dev_micro_f1']:.4f} "
                      f"| {r['train_titles_per_s']}{ratio} | {r['eval_titles_per_s']} | {r['train_seconds'] / 60:.1f} min "
                      f"| {r['peak_memory_mb'] / 1024:.2f} GB | {_size(r['saved_file_bytes'])} |")
     lines += ["", "† on the Pareto front: it scores a higher test micro-F1 than every row with fewer or as many trainable "

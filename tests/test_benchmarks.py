@@ -297,7 +297,8 @@ def test_seeds_and_cells_on_the_command_line(tmp_path, capsys):
     assert "todo   jd-ner lora@lr=2e-3\n" in out and "lora@lr=2e-3,seed=43" in out and "training.seed=43 " in out
     assert "2 cells, 2 to run" in out and "training.seed=42" not in out  # 42 is the recipe's own seed
     for extra, message in ((["--cell", "lora@lr=9e-9"], "--cell: no cell 'lora@lr=9e-9'"),
-                           (["--seeds", "1,x"], "--seeds: 'x' is not"), (["--seeds", "3,3"], "--seeds: 3 is listed twice")):
+                           (["--seeds", "1,x"], "--seeds: 'x' is not"), (["--seeds", "²"], "--seeds: '²' is not"),
+                           (["--seeds", str(2**32)], f"--seeds: '{2**32}' is not"), (["--seeds", "3,3"], "--seeds: 3 is listed twice")):
         assert harness.main([*args, *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {message}") and err.count("\n") == 1
