@@ -12,9 +12,10 @@ and leaves one JSON under ``benchmarks/results/grid/<budget>/<task>/cells/`` (sc
 speed, memory, adapter size, provenance). A finished cell is not run again unless its resolved
 recipe or the peft-tags code it ran (by content) changed; an interrupted cell resumes from its
 last checkpoint. ``--seeds`` trains cells again with other seeds (``training.seed``); a
-value trained with several seeds is judged on its seed means in the report. A tree with uncommitted changes, or a grid file outside the commit, writes
-under ``benchmarks/results/grid-dirty/`` instead, apart from the official results. At the end, each task gets ``<task>.md``, ``<task>.json`` and ``<task>.png``
-(see benchmarks/report.py).
+value trained with several seeds is judged on its seed means in the report. A tree with
+uncommitted changes, or a grid file outside the commit, writes under
+``benchmarks/results/grid-dirty/`` instead, apart from the official results. At the end, each
+task gets ``<task>.md``, ``<task>.json`` and ``<task>.png`` (see benchmarks/report.py).
 """
 from __future__ import annotations
 

@@ -3,8 +3,8 @@ test F1 against trainable parameters with the Pareto front.
 
 Per method, the sweep value with the best dev micro-F1 is chosen and only its test scores are
 reported; every dev score stays in the table and in the JSON. A value trained with several seeds
-is judged and reported by its seed means, with the range of its test scores beside them. Called by benchmarks/harness.py;
-alone: ``python benchmarks/report.py benchmarks/results/grid/cpu/jd-ner``.
+is judged and reported by its seed means, with the range of its test scores beside them. Called
+by benchmarks/harness.py; alone: ``python benchmarks/report.py benchmarks/results/grid/cpu/jd-ner``.
 """
 from __future__ import annotations
 
@@ -75,14 +75,6 @@ def choose(cells: list[dict]) -> list[dict]:
     return rows
 
 
-def _all_values(cells: list[dict]) -> list[dict]:
-    """Every (method, sweep value) of ``cells``, its seeds merged."""
-    by: dict[tuple, list[dict]] = {}
-    for c in cells:
-        by.setdefault((c["method"], next(iter(c["sweep"].values()))), []).append(c)
-    return [merge_seeds(g) for g in by.values()]
-
-
 def pareto(rows: list[dict]) -> list[dict]:
     """The rows that score higher than every row with fewer or as many trainable parameters
     (of rows tied on both, the first)."""
@@ -133,7 +125,7 @@ def markdown(task: str, budget: str, command: str, grid: dict, rows: list[dict],
              "- Per method, the learning rate (head-only: the head's) with the best dev micro-F1 is chosen; only its test "
              "scores are reported. Every dev score is listed; the chosen one is in bold."
              + (" A rate trained with several seeds (×n) is judged and reported by its seed means; its test scores' "
-                "range follows the mean." if any(len(r["seeds"]) > 1 for r in _all_values(cells)) else ""),
+                "range follows the mean." if any(n > 1 for r in rows for _, _, n in r["dev_by_value"]) else ""),
              f"- Code: {_commits(cells)}. {p0['cpu']}, {p0['cores']} cores, {p0['threads']} threads"
              f"{', GPU ' + p0['gpu'] if p0.get('gpu') else ''}; torch {p0['torch']}, transformers {p0['transformers']}, "
              f"peft {p0['peft']}; {_when(cells)}, one cell at a time.",
