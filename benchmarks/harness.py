@@ -6,6 +6,7 @@
     python benchmarks/harness.py --budget cpu --method lora,full   # some methods only
     python benchmarks/harness.py --budget cpu --report-only     # rebuild the reports from the results
     python benchmarks/harness.py --budget full --cell full@lr=3e-4 --seeds 42,43   # one cell, two seeds
+    python benchmarks/harness.py --budget long --method bottleneck-houlsby,adalora,full   # 12 epochs
 
 Each cell trains ``run_recipe.py RECIPE <budget overrides> <sweep value>`` in a fresh process
 and leaves one JSON under ``benchmarks/results/grid/<budget>/<task>/cells/`` (scores, parameters,
@@ -42,7 +43,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from provenance import code_fingerprint, committed_unchanged, provenance, tree_state  # noqa: E402
 from report import short_float, write_reports  # noqa: E402
 
-BUDGETS = ("smoke", "cpu", "full")
 STOCK_ARGS = {"data.max_train_examples": "--max-train", "data.max_dev_examples": "--max-dev",
               "data.max_test_examples": "--max-test", "training.epochs": "--epochs"}
 
@@ -140,6 +140,9 @@ def load_grid(path: Path, budget: str, tasks: list[str] | None = None, methods: 
     budgets = raw["budgets"] or {}
     if not isinstance(budgets, dict):
         raise GridError(f"{path}: 'budgets' must map budget names (smoke, cpu, full) to their settings")
+    bad = next((b for b in budgets if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", str(b))), None)
+    if bad is not None:
+        raise GridError(f"{path}: budgets.{bad}: a budget name is letters, digits, '.', '_' and '-' (it names folders)")
     if budget not in budgets:
         raise GridError(f"{path}: budgets.{budget} is not defined (defined: {', '.join(budgets) or 'none'})")
     b = budgets[budget] or {}
@@ -422,7 +425,7 @@ def last_error(log: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("--budget", choices=BUDGETS, required=True)
+    ap.add_argument("--budget", required=True, help="a budget of the grid file (the shipped grid: smoke, cpu, full, long)")
     ap.add_argument("--grid", type=Path, default=REPO / "benchmarks" / "grid.yaml")
     ap.add_argument("--task", default=None, help="comma-separated task names (default: all)")
     ap.add_argument("--method", default=None, help="comma-separated method names (default: all)")
