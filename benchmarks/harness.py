@@ -502,8 +502,8 @@ def _main(args) -> int:
         if done and done.get("status") == "ok" and done.get("wall_seconds"):
             progress.learn(c.method, done["wall_seconds"])
     for c in cells:
-        fp = fingerprint(c)
-        current.setdefault(c.task, {})[c.name] = fp
+        fp = current.setdefault(c.task, {}).get(c.name) or fingerprint(c)  # resolved above for the grid's cells
+        current[c.task][c.name] = fp
         done = _read_json(cell_json(c)) if cell_json(c).is_file() else None
         ok = bool(done) and done.get("status") == "ok"
         state = ("todo" if not done else "failed" if not ok else "stale" if done.get("fingerprint") != fp else
