@@ -33,6 +33,9 @@ Statistics: :func:`read_examples_with_stats` returns ``(examples, ReadStats)``;
 :func:`read_examples` returns only the examples and logs the stats' summary line on the
 ``peft_tags.data`` logger at INFO.
 
+Control characters (Unicode category Cc: NUL and the like) in a title are an error naming
+``path:line``; tab is allowed, and so is a newline in the JSON formats.
+
 Normalisation (:func:`normalize_text`) is applied to the text after the spans are built and is
 length-preserving, so the offsets stay valid.
 """
@@ -160,6 +163,18 @@ def resolve_data_path(rel: str | os.PathLike, root: str | os.PathLike | None = N
 
 # ---------------------------------------------------------------------------------------------
 # normalisation
+
+#: Unicode category Cc but tab and newline
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def check_title(text: str, where: str) -> str:
+    """``text``, or a UserError naming ``where`` when it holds a control character."""
+    m = _CONTROL.search(text)
+    if m:
+        raise UserError(f"{where}: the title holds control character U+{ord(m.group()):04X} at character "
+                        f"{m.start() + 1}; remove it")
+    return text
 
 
 def normalize_text(text: str, fullwidth_to_halfwidth: bool = True, lowercase: bool = False) -> str:
@@ -320,6 +335,9 @@ def _read_conll(path: str, lines: list[str], stats: ReadStats, max_examples, str
                 f"{path}:{lineno}: expected '<char> <tag>' (one character, one space, the tag), "
                 f"got {line!r}"
             )
+        if _CONTROL.match(line[0]):
+            raise UserError(f"{path}:{lineno}: the character is control character U+{ord(line[0]):04X}; "
+                            "remove the line")
         if not chars:
             first = lineno
         tag = line[2:].rstrip(" \t")
@@ -392,7 +410,7 @@ def _string_field(obj: dict, key: str, where: str, what: str = "") -> str:
 def _read_jsonl(path: str, lines: list[str], max_examples) -> list[Example]:
     examples: list[Example] = []
     for where, obj in _json_objects(path, lines):
-        text = _string_field(obj, "text", where)
+        text = check_title(_string_field(obj, "text", where), where)
         if "spans" not in obj:
             raise UserError(f"{where}: missing field 'spans' (use [] for a title without spans)")
         raw_spans = obj["spans"]
@@ -435,7 +453,7 @@ def _read_tags(path: str, lines: list[str], max_examples) -> list[TagExample]:
     """``{"text": str, "tags": [str, ...]}`` per line; a tag listed twice counts once."""
     examples: list[TagExample] = []
     for where, obj in _json_objects(path, lines):
-        text = _string_field(obj, "text", where)
+        text = check_title(_string_field(obj, "text", where), where)
         if not text.strip():
             raise UserError(f"{where}: 'text' is empty")
         if "tags" not in obj:
@@ -470,7 +488,7 @@ def _occurrences(text: str, value: str, ignore_case: bool) -> list[tuple[int, in
 def _read_attribute_value(path: str, lines: list[str], stats: ReadStats, max_examples) -> list[Example]:
     examples: list[Example] = []
     for where, obj in _json_objects(path, lines):
-        text = _string_field(obj, "input", where, " (the title)")
+        text = check_title(_string_field(obj, "input", where, " (the title)"), where)
         if "target_scores" not in obj:
             raise UserError(f"{where}: missing field 'target_scores'")
         targets = obj["target_scores"]

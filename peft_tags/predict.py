@@ -13,7 +13,6 @@ A multi-label run loads as a :class:`TagClassifier` (a Tagger whose ``tag`` retu
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,9 @@ import torch
 from .data import normalize_text
 from .errors import UserError
 from .model import token_logits
+from .rundir import check_run_dir, loading
 from .tasks.tagging import Encoded, TaggingCodec, collate
 
-OUTPUT_FILES = ("labels.json", "recipe.yaml", "head.safetensors")
 log = logging.getLogger("peft_tags.predict")
 
 
@@ -78,23 +77,14 @@ class Tagger:
 
     @classmethod
     def load(cls, output_dir: str | Path, device: str | None = None) -> "Tagger":
-        """Load an output directory; raises UserError when files of its method are missing."""
+        """Load an output directory; raises UserError (one line naming the file) when its files are
+        missing, damaged or do not fit together (:func:`peft_tags.rundir.check_run_dir`)."""
         from .backbones import resolve_backbone
         from .model import HEAD_NAME, load_tokenizer, quiet_transformers
-        from .recipe import load_recipe
 
         out = Path(output_dir)
-        missing = [f for f in OUTPUT_FILES if not (out / f).is_file()]
-        if missing:
-            raise UserError(f"{out}: not a peft-tags output directory (missing {', '.join(missing)})")
+        recipe, meta = check_run_dir(out)
         quiet_transformers()
-        recipe = load_recipe(out / "recipe.yaml")
-        method = recipe.method.name
-        needed = METHOD_FILES.get(method, METHOD_FILES["lora"])  # every peft method saves an adapter
-        missing = [f for f in needed if not (out / f).is_file()]
-        if missing:
-            raise UserError(f"{out}: incomplete output of method '{method}' (missing {', '.join(missing)})")
-        meta = json.loads((out / "labels.json").read_text(encoding="utf-8"))
         backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.cache_dir)
         if meta.get("task", "tagging") == "multilabel":
             from .tasks.multilabel import MultiLabelCodec
@@ -170,19 +160,13 @@ class TagClassifier(Tagger):
         return [[ScoredTag(self.codec.tags[j], float(p[j])) for j in row] for row, p in zip(picked, probs)]
 
 
-METHOD_FILES = {
-    "lora": ("adapter_config.json", "adapter_model.safetensors"),
-    "full": ("model/config.json",),
-    "head-only": (),
-}
-
-
 def _build(out: Path, recipe, backbone: str, num_outputs: int, device=None):
     from .model import build_token_classifier
 
     method, b = recipe.method.name, recipe.backbone
     if method == "full":  # the whole fine-tuned model
-        return build_token_classifier(str(out / "model"), num_outputs, seed=0)
+        with loading(out / "model"):
+            return build_token_classifier(str(out / "model"), num_outputs, seed=0)
     model = build_token_classifier(backbone, num_outputs, 0, b.quantization, b.double_quantization, b.compute_dtype,
                                    device=device)
     return attach_adapter(model, out, method)
@@ -199,9 +183,10 @@ def attach_adapter(model, out: Path, method: str):
     from peft import PeftModel
 
     importlib.import_module("peft_tags.bottleneck")  # registers the BOTTLENECK peft type
-    model = PeftModel.from_pretrained(model, str(out))
-    hook = methods.get(method).on_load
-    return model if hook is None else hook(model)
+    with loading(f"{out}: the adapter (adapter_config.json, adapter_model.safetensors)"):
+        model = PeftModel.from_pretrained(model, str(out))
+        hook = methods.get(method).on_load
+        return model if hook is None else hook(model)
 
 
 def head_module(model, head_name: str):
@@ -216,5 +201,5 @@ def _load_head(model, path: Path, head_name: str) -> None:
     from safetensors.torch import load_file
 
     head = head_module(model, head_name)
-    state = load_file(str(path))
-    head.load_state_dict(state)
+    with loading(path):
+        head.load_state_dict(load_file(str(path)))

@@ -43,6 +43,12 @@ ERROR_MARK = "!error"
 #: where bare recipe names are looked up, besides ``./recipes``
 REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
+#: caps on a recipe file, so that an alias bomb ("billion laughs") fails at once
+MAX_BYTES = 1 << 20
+MAX_ALIASES = 100
+MAX_NODES = 10_000  # with every alias expanded
+MAX_DEPTH = 100
+
 
 class RecipeError(UserError):
     """All problems of one recipe; ``problems`` holds the lines of the message."""
@@ -55,7 +61,8 @@ class RecipeError(UserError):
 def _f(default: Any = dataclasses.MISSING, help: str = "", *, factory=None, **checks):
     """A dataclass field with ``help`` and optional checks in its metadata.
 
-    checks: ``choices`` (tuple), ``ge``/``gt``/``le``/``lt`` (numbers), ``none_word``
+    checks: ``choices`` (tuple), ``ge``/``gt``/``le``/``lt`` (numbers), ``allow_inf`` (infinite
+    floats are refused otherwise), ``none_word``
     (a string value meaning None, e.g. log_with: none), ``bool_word`` (YAML turns a bare
     ``no`` into false: {False: "no"} takes it back).
     """
@@ -154,7 +161,8 @@ class TrainingSection:
     eval_every_epochs: int = _f(1, "score the dev set every N epochs (>= 1)", ge=1)
     checkpoint_every_steps: int | None = _f(None, "write a checkpoint every N updates (>= 1); "
                                                   "null -> at the end of each epoch", ge=1)
-    resume: bool = _f(False, "continue from the last checkpoint in output.dir")
+    resume: bool = _f(False, "continue from the last checkpoint in <output.dir>.work (with the same recipe, data "
+                             "and code)")
     num_threads: int | None = _f(None, "torch CPU threads (>= 1); null -> all cores of this process's share", ge=1)
     length_bucketing: bool = _f(True, "batch examples of similar length together (less padding)")
     log_with: str | None = _f("tensorboard", "metrics logger: tensorboard, or none (null)",
@@ -168,7 +176,7 @@ class TrainingSection:
 @dataclass
 class OutputSection:
     dir: str = _f(help="directory the run is written to")
-    overwrite: bool = _f(False, "replace an existing run in output.dir")
+    overwrite: bool = _f(False, "replace an existing output.dir at the end, if peft-tags wrote it")
 
     def check(self) -> list[tuple[str, str]]:
         return [("dir", "must not be empty")] if not self.dir.strip() else []
@@ -198,9 +206,6 @@ class Recipe:
         if self.task.type == "tagging" and self.data.format == "tags":
             problems.append(("data.format", "'tags' files hold no spans; task tagging reads conll, jsonl or "
                                             "attribute-value (or set task.type: multilabel)"))
-        if self.training.resume and self.output.overwrite:
-            problems.append(("training.resume", "cannot be combined with output.overwrite: true "
-                                                "(overwrite would delete the run to resume)"))
         return problems
 
 
@@ -241,6 +246,46 @@ def _suggest(key: str, choices: Iterable[str]) -> str | None:
         if alias in choices:
             return alias
     return nearest(key, choices)
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class YamlTooBig(yaml.YAMLError):
+    """A YAML text over the caps (aliases, nodes with aliases expanded, nesting)."""
+
+
+class _CappedLoader(yaml.SafeLoader):
+    """SafeLoader that counts alias uses, nodes (every alias expanded) and nesting as it composes."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._aliases, self._depth, self._sizes = 0, 0, {}
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise YamlTooBig(f"too many YAML aliases (more than {MAX_ALIASES} uses of '*name'); "
+                                 "a recipe needs few or none")
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise YamlTooBig(f"YAML nested more than {MAX_DEPTH} levels deep")
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        if id(node) not in self._sizes:
+            children = node.value if isinstance(node, yaml.SequenceNode) else \
+                [n for kv in node.value for n in kv] if isinstance(node, yaml.MappingNode) else []
+            self._sizes[id(node)] = 1 + sum(self._sizes.get(id(c), 1) for c in children)
+            if self._sizes[id(node)] > MAX_NODES:
+                raise YamlTooBig(f"too many YAML nodes (more than {MAX_NODES} with aliases expanded; too many YAML "
+                                 "aliases or values)")
+        return node
+
+
+def _yaml_load(text: str):
+    """``yaml.safe_load`` under the caps of :class:`_CappedLoader`."""
+    return yaml.load(text, Loader=_CappedLoader)
 
 
 # --------------------------------------------------------------------------- value checks
@@ -326,6 +371,13 @@ def _coerce(value: Any, tp) -> Any:
         (item,) = typing.get_args(tp) or (Any,)
         return [_coerce(v, item) for v in value] if item is not Any else list(value)
     return value
+
+
+def _infinite(value) -> bool:
+    """An infinite float, in a list too."""
+    if isinstance(value, list):
+        return any(_infinite(v) for v in value)
+    return isinstance(value, float) and math.isinf(value)
 
 
 def _number(text: str) -> float:
@@ -428,6 +480,9 @@ def _build(cls, raw: Any, prefix: str, problems: _Problems, extra_keys=(), no_op
             else:
                 problems.add(dotted, f"{dotted}: expected {_describe(tp)}, got {got}")
             continue
+        if _infinite(value) and not meta.get("allow_inf"):
+            problems.add(dotted, f"{dotted}: expected a finite number, got {_show(value)}")
+            continue
         if value is not None and "choices" in meta and value not in meta["choices"]:
             text = f"{dotted}: must be one of {', '.join(meta['choices'])}; got {_show(value)}"
             hint = _suggest(str(value), meta["choices"])
@@ -483,7 +538,7 @@ def _build_method(raw: Any, problems: _Problems):
 def _positions(text: str) -> dict[str, int]:
     """Dotted key -> 1-based line of the key in the YAML text (best effort)."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_CappedLoader)
     except yaml.YAMLError:
         return {}
     found: dict[str, int] = {}
@@ -505,7 +560,7 @@ def _positions(text: str) -> dict[str, int]:
 def _duplicates(text: str) -> list[tuple[str, int, int]]:
     """(dotted key, first line, repeated line) for keys given twice in one mapping."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_CappedLoader)
     except yaml.YAMLError:
         return []
     out = []
@@ -541,7 +596,7 @@ def _apply_overrides(raw: dict, overrides: Sequence[str], problems: _Problems) -
             continue
         parts = [p.strip() for p in parts]
         try:
-            value = yaml.safe_load(value_text)
+            value = _yaml_load(value_text)
         except yaml.YAMLError as err:
             problems.add(tag, f"override '{text}': the value is not valid YAML ({_yaml_problem(err)})")
             continue
@@ -571,11 +626,11 @@ def _finish(raw: Any, source: str, overrides: Sequence[str], positions: dict[str
         problems.add(key, text)
     recipe = None
     applied: dict[str, tuple[int, str]] = {}
-    if raw is None:
+    if raw is None or raw == {}:
         raw = {}
-        if not overrides:
-            problems.add("", "the recipe is empty; expected a mapping with sections "
-                             + ", ".join(SECTIONS))
+        if not overrides:  # one line, not one per missing section
+            raise RecipeError([f"{source}: the recipe is empty; expected a mapping with sections "
+                               + ", ".join(SECTIONS)])
     if not isinstance(raw, dict):
         problems.add("", f"the top level must be a mapping with sections {', '.join(SECTIONS)}, got {_show(raw)}")
         raw = None
@@ -642,13 +697,18 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Read, override and validate the recipe at ``path``; raise RecipeError listing every problem."""
     source = str(path)
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_BYTES:
+            raise RecipeError([f"{source}: {size} bytes; a recipe is at most {MAX_BYTES >> 20} MiB"])
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{source}: no such recipe file") from None
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"{source}: cannot read the recipe ({err})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = _yaml_load(text)
+    except YamlTooBig as err:
+        raise RecipeError([f"{source}: {err}"]) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""

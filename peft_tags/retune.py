@@ -24,6 +24,7 @@ def retune(run: str | os.PathLike, overrides: list[str] = (), batch_size: int = 
     """Re-tune and re-score ``run`` under ``overrides``; returns the new metrics."""
     from .predict import Tagger
     from .recipe import dump_recipe, load_recipe
+    from .rundir import check_run_dir, read_json
     from .tasks import MultiLabelTask
     from .tasks.multilabel import predict_probs
     from .train import model_card, read_split
@@ -36,7 +37,8 @@ def retune(run: str | os.PathLike, overrides: list[str] = (), batch_size: int = 
         key = item.split("=", 1)[0].strip()
         if "=" not in item or key not in ALLOWED:
             raise UserError(f"'{item}': retune takes KEY=VALUE with KEY one of {', '.join(ALLOWED)}")
-    meta = json.loads((run / "labels.json").read_text(encoding="utf-8"))
+    _, meta = check_run_dir(run)
+    old = read_json(run / "metrics.json")
     if meta.get("task", "tagging") != "multilabel":
         raise UserError(f"{run}: a {meta.get('task', 'tagging')} run; only multi-label runs have thresholds to tune")
     recipe = load_recipe(run / "recipe.yaml", list(overrides))
@@ -56,7 +58,6 @@ def retune(run: str | os.PathLike, overrides: list[str] = (), batch_size: int = 
         results[split] = task.score(split, list(probs), examples, final=True)
     seconds = time.perf_counter() - tick
 
-    old = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     metrics = {k: v for k, v in old.items() if not k.startswith(("dev_", "test_"))}
     metrics.update({f"{split}_micro_f1": r["micro_f1"] for split, r in results.items()})
     metrics.update({f"{split}_macro_f1": r["macro_f1"] for split, r in results.items()})

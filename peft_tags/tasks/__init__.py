@@ -80,12 +80,18 @@ class TaggingTask(_Task):
         return np.log(counts / counts.sum(1, keepdims=True)).reshape(-1).astype(np.float32)
 
     def describe(self, data: dict, encoded: dict) -> None:
-        """Log and keep what the token alignment cannot represent, per scored split."""
+        """Log and keep what the token alignment cannot represent, per scored split, and the gold
+        spans of types unseen in train (never predicted: they count as missed in recall)."""
         for split, examples in data.items():
             if split == "train":
                 continue
             st = self.codec.alignment_stats([e.text for e in examples], examples, encoded[split])
+            unseen = [s.label for e in examples for s in e.spans if s.label not in self.codec.types]
+            st["spans_of_unseen_types"], st["unseen_types"] = len(unseen), sorted(set(unseen))
             self.stats[split] = st
+            if unseen:
+                log.warning("%s spans of types unseen in train: %d (types %s); they count as missed", split,
+                            len(unseen), ", ".join(st["unseen_types"]))
             log.info("%s: %d spans, %d (%.2f%%) lost to tokenization with %d slot(s) per token at %.3f tokens/char "
                      "(one label per token: %.2f%% lost; one token per character: %.3f tokens/char)",
                      split, st["spans"], st["spans_lost"], st["spans_lost_pct"], st["slots"], st["tokens_per_char"],
@@ -120,7 +126,8 @@ class TaggingTask(_Task):
                 "num_outputs": c.num_outputs}
 
     def metrics(self) -> dict:
-        return {"alignment": self.stats}
+        return {"alignment": self.stats,
+                "spans_of_unseen_types": {k: v["spans_of_unseen_types"] for k, v in self.stats.items()}}
 
 
 class MultiLabelTask(_Task):
