@@ -27,7 +27,6 @@ import json
 import math
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +41,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from provenance import code_fingerprint, committed_unchanged, provenance, tree_state  # noqa: E402
 from report import short_float, write_reports  # noqa: E402
+
+from peft_tags.preflight import latest_checkpoint  # noqa: E402
 
 STOCK_ARGS = {"data.max_train_examples": "--max-train", "data.max_dev_examples": "--max-dev",
               "data.max_test_examples": "--max-test", "training.epochs": "--epochs"}
@@ -390,7 +391,7 @@ def run_cell(cell: Cell, out: Path, log: Path, progress: Progress, position: str
     starts afresh."""
     cmd = cell_command(cell, out)
     work = out.with_name(out.name + ".work")
-    resumed = cell.kind == "recipe" and (work / "checkpoint" / "state.json").is_file()
+    resumed = cell.kind == "recipe" and latest_checkpoint(work) is not None
     est = progress.estimate(cell.method)
     rest = progress.eta(later)
     progress.say(f"{position} {cell.task} {cell.name}{' (resuming)' if resumed else ''} · estimated {fmt_s(est)}"
@@ -400,13 +401,11 @@ def run_cell(cell: Cell, out: Path, log: Path, progress: Progress, position: str
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("", encoding="utf-8")
     t0 = time.time()
-    if resumed:
-        shutil.rmtree(out, ignore_errors=True)  # an older finished run of the cell; resume cannot overwrite
-        rc = _launch([a for a in cmd if a != "output.overwrite=true"] + ["training.resume=true"], log, progress, est, t0)
+    if resumed:  # an older finished run of the cell in ``out`` is replaced when the resumed one ends
+        rc = _launch(cmd + ["training.resume=true"], log, progress, est, t0)
         if rc != 2:  # 2: the checkpoint was refused (one line in the log says why)
             return rc, time.time() - t0
-        progress.say(f"    cannot resume ({last_error(log)}); starting afresh")
-        shutil.rmtree(work, ignore_errors=True)
+        progress.say(f"    cannot resume ({last_error(log)}); starting afresh")  # a fresh run clears the work folder
     return _launch(cmd, log, progress, est, t0), time.time() - t0
 
 

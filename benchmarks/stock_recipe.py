@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 import tempfile
 import time
@@ -99,10 +97,6 @@ def run(out: Path, *, data_root: str | None, train: str, dev: str | None, test: 
                 preds.append(char_labels_to_spans(char))
             scores[name] = span_f1(preds, [e.spans for e in splits[name]])
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(str(tmp))
     n_tok = sum(len(x["input_ids"]) for x in train_set)
     metrics = {
         "recipe": "benchmarks/stock_recipe.py", "description": DESCRIPTION, "task": "tagging", "method": "stock-hf-lora",
@@ -123,10 +117,12 @@ def run(out: Path, *, data_root: str | None, train: str, dev: str | None, test: 
         "processes": 1, "device": str(model.device), "threads": torch.get_num_threads(), "mixed_precision": "no",
         "versions": _versions(),
     }
-    (tmp / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    from peft_tags import owned
+
+    owned.check_replaceable(out, "--out")  # replaces only an earlier output of this script
+    with owned.Staged(out, "stock-run") as tmp:
+        model.save_pretrained(str(tmp))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
     return metrics
 
 

@@ -224,7 +224,37 @@ def resolve_backbone(name: str, cache_dir: str | Path | None = None) -> str:
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or path.suffix:
         raise UserError(f"backbone.name: no such directory '{name}' (aliases: {', '.join(ALIASES)})")
-    return name
+    return _hub_model(name)
+
+
+def _hub_model(name: str) -> str:
+    """A hub id: its local snapshot when the hub cannot be reached, else the id itself.
+
+    Without a reachable hub, transformers would retry for most of a minute before failing;
+    here an id that is not in the local Hugging Face cache fails at once with one line."""
+    from huggingface_hub import constants, snapshot_download
+
+    offline = constants.HF_HUB_OFFLINE or not _hub_reachable(constants.ENDPOINT)
+    if not offline:
+        return name
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError), or an invalid id
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"the hub ({constants.ENDPOINT}) cannot be reached"
+        raise UserError(f"backbone.name: '{name}' is not an alias ({', '.join(ALIASES)}), a local directory, or a model "
+                        f"in the local Hugging Face cache, and {why}") from None
+
+
+def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _cached_conversion(name: str, alias: Alias, source: Path, cache_dir: Path) -> Path:

@@ -1,7 +1,8 @@
 """The ``peft-tags`` command: train, validate, ls, predict, export, retune, derive-tags.
 
-Mistakes a user can make end in one line per problem on stderr and exit code 2; anything
-else is a bug and keeps its traceback.
+Mistakes a user can make end in one line per problem on stderr and exit code 2 (usage
+mistakes as ``peft-tags CMD: error: ...``, without the usage block); anything else is a bug
+and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -27,10 +28,12 @@ def _train(args) -> int:
 def _validate(args) -> int:
     from .recipe import load_recipe, resolve_recipe_path
 
+    from .preflight import check
+
     failed = 0
     for name in args.recipes:
         try:
-            load_recipe(resolve_recipe_path(name), args.overrides)
+            check(load_recipe(resolve_recipe_path(name), args.overrides))
             print(f"ok    {name}")
         except UserError as e:
             failed += 1
@@ -109,6 +112,8 @@ def _retune(args) -> int:
 
 def _read_titles(path: Path) -> list[str]:
     """The 'text' field of each JSON line; UserError naming the line for anything else."""
+    from .data import check_title
+
     if not path.is_file():
         raise UserError(f"--input: no such file '{path}'")
     titles = []
@@ -126,7 +131,7 @@ def _read_titles(path: Path) -> list[str]:
         text = obj.get("text") if isinstance(obj, dict) else None
         if not isinstance(text, str):
             raise UserError(f"{path}:{n}: expected an object with a string field 'text'")
-        titles.append(text)
+        titles.append(check_title(text, f"{path}:{n}"))
     return titles
 
 
@@ -143,6 +148,20 @@ def _derive_tags(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage mistakes are one line ``prog: error: ...`` and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+    def parse_args(self, args=None, namespace=None):
+        args, extra = self.parse_known_args(args, namespace)
+        if extra:  # reported by the subcommand's parser, which has the subcommand in its name
+            command = getattr(self, "commands", {}).get(getattr(args, "command", None), self)
+            command.error(f"unrecognized arguments: {' '.join(extra)}")
+        return args
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
@@ -150,13 +169,14 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="peft-tags", description="Parameter-efficient fine-tuning for product tagging.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="peft-tags", description="Parameter-efficient fine-tuning for product tagging.")
+    sub = p.add_subparsers(dest="command", required=True)  # subparsers are _Parser too
     t = sub.add_parser("train", help="train a recipe (accelerate launch run_recipe.py RECIPE does the same)")
     t.add_argument("recipe", help="recipe file, or a name under recipes/ (lora.yaml, jd-ner/lora.yaml)")
     t.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. training.lr=5e-4")
     t.set_defaults(func=_train)
-    v = sub.add_parser("validate", help="check recipes without training; reports every problem")
+    v = sub.add_parser("validate", help="check recipes as training would before its first step (backbone, target "
+                                         "modules, data files, output directory), without training")
     v.add_argument("recipes", nargs="+")
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     v.set_defaults(func=_validate)
@@ -195,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--data-root", default=None, help="default: $PEFT_TAGS_DATA, else ../shared/data")
     dt.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
     dt.set_defaults(func=_derive_tags)
+    p.commands = dict(sub.choices)
     return p
 
 

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import unicodedata
 from collections import Counter
 from pathlib import Path
 
+from . import owned
 from .data import read_examples, resolve_data_path
 from .errors import UserError
 
@@ -56,10 +56,9 @@ def derive_tags(source: str, dest: str | Path, *, types=DEFAULT_TYPES, min_count
     if min_count < 1:
         raise UserError(f"--min-count: must be at least 1, got {min_count}")
     dest = Path(dest)
-    if dest.exists() and not overwrite:
+    if os.path.lexists(dest) and not overwrite:
         raise UserError(f"{dest}: already exists; pass --overwrite to replace it")
-    if dest.exists() and not dest.is_dir():
-        raise UserError(f"{dest}: is a file, not a folder to write the tag set into")
+    owned.check_replaceable(dest, str(dest), [data_root] if data_root else [])
     paths = {}
     for split in SPLITS:
         rel = Path(source) / f"{split}{'.txt' if fmt == 'conll' else '.jsonl'}"
@@ -89,10 +88,7 @@ def derive_tags(source: str, dest: str | Path, *, types=DEFAULT_TYPES, min_count
                 value_types[v].add(s.label)
 
     stats = {"source": str(source), "types": types, "min_count": min_count, "vocabulary": len(vocab), "splits": {}}
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with owned.Staged(dest, "derive-tags") as tmp:
         for split, exs in examples.items():
             kept_total = oov_total = no_tag = 0
             oov = Counter()
@@ -118,12 +114,6 @@ def derive_tags(source: str, dest: str | Path, *, types=DEFAULT_TYPES, min_count
             [{"tag": t, "train_titles": counts[t], "types": sorted(value_types[t], key=lambda x: (len(x), x))} for t in vocab],
             ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
         (tmp / "stats.json").write_text(json.dumps(stats, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return stats
 
 

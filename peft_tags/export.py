@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from . import owned
 from .errors import UserError
 
 log = logging.getLogger("peft_tags.export")
@@ -50,10 +51,9 @@ def merged_model(run_dir: Path):
     from .backbones import resolve_backbone
     from .model import HEAD_NAME, build_token_classifier
     from .predict import _load_head, attach_adapter
-    from .recipe import load_recipe
+    from .rundir import check_run_dir, loading
 
-    recipe = load_recipe(run_dir / "recipe.yaml")
-    meta = json.loads((run_dir / "labels.json").read_text(encoding="utf-8"))
+    recipe, meta = check_run_dir(run_dir)
     method, b = recipe.method.name, recipe.backbone
     why = NOT_MERGEABLE.get(method)
     if why is None and (run_dir / "adapter_config.json").is_file():
@@ -66,7 +66,8 @@ def merged_model(run_dir: Path):
     backbone = resolve_backbone(b.name, b.cache_dir)
     with torch.random.fork_rng(devices=[]):  # building models seeds torch; not the caller's RNG
         if method == "full":
-            model = build_token_classifier(str(run_dir / "model"), meta["num_outputs"], seed=0)
+            with loading(run_dir / "model"):
+                model = build_token_classifier(str(run_dir / "model"), meta["num_outputs"], seed=0)
         else:
             model = build_token_classifier(backbone, meta["num_outputs"], seed=0)
         if b.quantization != "none":
@@ -94,26 +95,22 @@ def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False) -> Pa
     from transformers import AutoTokenizer
 
     from .model import quiet_transformers
-    from .predict import OUTPUT_FILES
     from .recipe import dump_recipe
+    from .rundir import check_run_dir
 
     quiet_transformers()
     run_dir, dest = Path(run_dir), Path(dest)
-    missing = [f for f in OUTPUT_FILES if not (run_dir / f).is_file()]
-    if missing:
-        raise UserError(f"{run_dir}: not a peft-tags output directory (missing {', '.join(missing)})")
-    if dest.resolve() == run_dir.resolve():
-        raise UserError(f"{dest}: is the run being exported; choose another directory")
-    if dest.exists() and not overwrite:
+    check_run_dir(run_dir)
+    if dest.resolve() == run_dir.resolve() or run_dir.resolve().is_relative_to(dest.resolve()):
+        raise UserError(f"{dest}: is (or holds) the run being exported; choose another directory")
+    if os.path.lexists(dest) and not overwrite:
         raise UserError(f"{dest}: already exists; pass --overwrite or choose another directory")
+    owned.check_replaceable(dest, str(dest))
     if not dest.resolve().parent.is_dir():
         raise UserError(f"{dest}: no directory '{dest.parent}' to write into")
     model, recipe, backbone = merged_model(run_dir)
 
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with owned.Staged(dest, "export") as tmp:
         model.save_pretrained(str(tmp / "model"))
         AutoTokenizer.from_pretrained(backbone).save_pretrained(str(tmp / "model"))
         shutil.copy2(run_dir / "head.safetensors", tmp / "head.safetensors")
@@ -132,14 +129,6 @@ def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False) -> Pa
             "merge": "adapter merged into float32 weights" + (" de-quantised from " + recipe.backbone.quantization
                                                               if recipe.backbone.quantization != "none" else ""),
         }, indent=1), encoding="utf-8")
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        if dest.exists():
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 

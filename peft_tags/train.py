@@ -22,13 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .backbones import resolve_backbone
+from . import __version__, owned, preflight
 from .data import read_examples, resolve_data_path
 from .errors import UserError
 from . import methods
 from .model import (HEAD_NAME, apply_method, build_token_classifier, check_max_length, is_head_param,
-                    load_tokenizer, parameter_counts, quiet_transformers)
+                    parameter_counts, quiet_transformers)
 from .predict import head_module
 from .recipe import Recipe, dump_recipe, recipe_to_dict
 from .tasks import make_task
@@ -119,7 +118,7 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(tuple(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -136,8 +135,10 @@ def read_split(d, split: str) -> list:
 class TrainRun:
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
-        self.out = Path(recipe.output.dir)
-        self.work = self.out.with_name(self.out.name + ".work")
+        self.out = preflight.output_path(recipe)
+        self.work = preflight.work_dir(self.out)
+        self.lock = None
+        self.finished = False  # resume found this very run already published
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -146,16 +147,23 @@ class TrainRun:
 
         r, t = self.recipe, self.recipe.training
         main = int(os.environ.get("RANK", "0")) == 0  # before the Accelerator exists
+        # everything a user can get wrong is checked before anything is written or logged
+        self.pre = pre = preflight.check(r)
         _configure_logging(main)
         quiet_transformers()
-        # everything a user can get wrong is checked before anything is written
-        self._check_output_dir()
-        backbone = resolve_backbone(r.backbone.name, r.backbone.cache_dir)
-        tokenizer = load_tokenizer(backbone)
-        self.data = self._load_data()
-
         if main:
-            self._clear_leftovers()
+            self.lock = owned.OutputLock(self.out).acquire()
+            recovered = owned.recover(self.out)
+            for line in recovered:
+                log.info("%s", line)
+            if recovered:  # a publish was finished or rolled back: look again
+                preflight.check_run_state(r, pre)
+        if pre.finished:
+            self.finished = True
+            return
+        backbone, tokenizer, self.data = pre.backbone, pre.tokenizer, pre.data
+        if main:
+            self._prepare_work_dir()
         precision, why = choose_precision(t.mixed_precision)
         self.acc = Accelerator(
             mixed_precision=precision, gradient_accumulation_steps=t.grad_accum,
@@ -170,7 +178,7 @@ class TrainRun:
 
         self._prepare_data(tokenizer)
         self._prepare_training(backbone, tokenizer.pad_token_id)
-        if t.resume:
+        if t.resume and pre.checkpoint is not None:
             self._restore()
 
     def _prepare_data(self, tokenizer) -> None:
@@ -213,8 +221,9 @@ class TrainRun:
                                        num_training_steps=self.total_steps)
         if self.acc.is_main_process and self.acc.log_with:
             self.acc.init_trackers("train", config=_flat_scalars(recipe_to_dict(r)))
-        self.state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best": None, "history": [],
-                      "train_seconds": 0.0, "train_titles": 0, "recipe": _fingerprint(r)}
+        self.state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best": None, "history": [], "checkpoints": 0,
+                      "train_seconds": 0.0, "train_titles": 0, "run_id": self.run_id,
+                      "fingerprint": self.pre.fingerprint}
 
     def _param_groups(self, model) -> list[dict]:
         t = self.recipe.training
@@ -229,30 +238,22 @@ class TrainRun:
             groups[(head, decay)]["params"].append(p)
         return list(groups.values())
 
-    def _load_data(self) -> dict:
-        d = self.recipe.data
-        return {split: read_split(d, split) for split in ("train", "dev", "test") if getattr(d, split) is not None}
+    @property
+    def run_id(self) -> str:
+        """The run's identity: kept in its work folder's marker, its checkpoints and its output's marker."""
+        marker = owned.read_marker(self.work)  # written by the main process, the only one that publishes
+        return marker["id"] if marker else ""
 
-    def _check_output_dir(self) -> None:
-        o, t = self.recipe.output, self.recipe.training
-        if self.out.exists() and not o.overwrite:
-            raise UserError(f"output.dir: '{self.out}' already exists; set output.overwrite=true or choose another directory")
-        if t.resume:
-            state = self.work / "checkpoint" / "state.json"
-            if not state.is_file():
-                raise UserError(f"training.resume: no checkpoint under '{self.work}' to resume from")
-            differs = _first_difference(json.loads(state.read_text()).get("recipe", {}), _fingerprint(self.recipe))
-            if differs:
-                raise UserError(f"training.resume: the checkpoint in '{self.work}' was made with another recipe "
-                                f"('{differs}' differs); resume with the same recipe or start afresh")
-
-    def _clear_leftovers(self) -> None:
-        """A fresh run starts from nothing: an earlier crashed run's checkpoints, best weights
-        and logs (``<out>.work``) and half-published directories are removed."""
-        if not self.recipe.training.resume:
-            shutil.rmtree(self.work, ignore_errors=True)
-        for stale in self.out.parent.glob(f".{self.out.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+    def _prepare_work_dir(self) -> None:
+        """A fresh run starts from nothing: an earlier crashed run's work folder (checkpoints, best
+        weights, logs; peft-tags' own, checked before) is removed and a marked one made."""
+        owned.recover(self.work)
+        if self.recipe.training.resume and self.pre.checkpoint is not None:
+            return
+        for note in self.pre.notes:
+            log.warning("%s", note)
+        owned.remove_owned(self.work)
+        owned.make_dir(self.work, "work", owned.new_id(), fingerprint=preflight.fingerprint_hash(self.pre.fingerprint))
 
     # ------------------------------------------------------------------ train
     def train(self) -> None:
@@ -262,7 +263,6 @@ class TrainRun:
         log.info("training: %d epoch(s) x %d optimizer steps (%d titles x %d accumulation x %d process(es) per step)",
                  t.epochs, self.steps_per_epoch, t.batch_size, t.grad_accum, acc.num_processes)
         bar = tqdm(total=self.total_steps, initial=st["step"], disable=not acc.is_local_main_process, desc="train", unit="step")
-        fault_at = int(os.environ.get("PEFT_TAGS_FAULT_AT_STEP", "0"))  # tests: simulate a crash
         unwrapped = acc.unwrap_model(self.model)
         regularizer, on_step = self.method.regularizer, self.method.on_step
         for epoch in range(st["epoch"], t.epochs):
@@ -301,8 +301,6 @@ class TrainRun:
                         st["train_seconds"] += time.perf_counter() - tick
                         self._checkpoint()
                         tick = time.perf_counter()
-                    if fault_at and st["step"] == fault_at:
-                        raise SystemExit(f"PEFT_TAGS_FAULT_AT_STEP={fault_at}: stopping as asked")
             st["train_seconds"] += time.perf_counter() - tick
             st["epoch"], st["batch_in_epoch"] = epoch + 1, 0
             if "dev" in self.data and ((epoch + 1) % t.eval_every_epochs == 0 or epoch + 1 == t.epochs):
@@ -322,7 +320,7 @@ class TrainRun:
         if improved:
             st["best"] = {"epoch": epoch, "step": st["step"], "micro_f1": scores["micro_f1"]}
             if self.acc.is_main_process:
-                _atomic_torch_save(self._weights(), self.work / "best.pt")
+                self._save_best()
 
     def evaluate(self, split: str, final: bool = False) -> dict:
         """The task's scores on a split; each process predicts a shard, every process scores all
@@ -353,60 +351,101 @@ class TrainRun:
             self.method.load_state(model, weights["method"])
 
     def _checkpoint(self) -> None:
-        """Trainable weights, optimizer, schedule, loss scale, RNG and loop state, written to
-        ``checkpoint.tmp`` by every process and then swapped in by the main one."""
-        acc = self.acc
-        tmp, ckpt = self.work / "checkpoint.tmp", self.work / "checkpoint"
+        """Trainable weights, optimizer, schedule, loss scale, RNG and loop state (no pickle), written
+        to ``checkpoint-N.tmp`` by every process and published by the main one in one rename.
+        Resume takes the newest complete ``checkpoint-N``; a kill at any moment leaves one."""
+        from .statefile import save_state
+
+        acc, work, st = self.acc, self.work, self.state
+        st["checkpoints"] += 1
+        tmp, final = work / f"checkpoint-{st['checkpoints']}.tmp", work / f"checkpoint-{st['checkpoints']}"
         acc.wait_for_everyone()
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            tmp.mkdir()
         acc.wait_for_everyone()
-        torch.save(_rng_state(), tmp / f"rng{acc.process_index}.pt")  # dropout differs per rank
+        save_state(_rng_state(), tmp / f"rng{acc.process_index}")  # dropout differs per rank
         acc.wait_for_everyone()
         if acc.is_main_process:
-            torch.save(self._weights(), tmp / "trainable.pt")
-            torch.save({"optimizer": self.optimizer.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                        "scaler": acc.scaler.state_dict() if acc.scaler is not None else None}, tmp / "optim.pt")
-            (tmp / "state.json").write_text(json.dumps(self.state, indent=1))
-            old = self.work / "checkpoint.old"
-            shutil.rmtree(old, ignore_errors=True)
-            if ckpt.exists():
-                os.replace(ckpt, old)
-            os.replace(tmp, ckpt)
-            shutil.rmtree(old, ignore_errors=True)
+            save_state(self._weights(), tmp / "trainable")
+            save_state({"optimizer": self.optimizer.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "scaler": acc.scaler.state_dict() if acc.scaler is not None else None}, tmp / "optim")
+            owned.write_json_atomic(tmp / "state.json", st)
+            owned.fsync_dir(tmp)
+            if final.exists():  # left by an attempt killed after this point; same content
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            owned.fsync_dir(work)
+            self._prune(keep=final.name)
         acc.wait_for_everyone()
 
+    def _prune(self, keep: str) -> None:
+        """Remove older checkpoints, unfinished ones and best weights the state no longer names."""
+        best = self.state["best"]
+        keep_best = f"best-{best['step']}" if best else None
+        for name in sorted(os.listdir(self.work)):
+            stale = ((preflight.CHECKPOINT.fullmatch(name) and name != keep) or name.endswith(".tmp")
+                     or (name.startswith("best-") and name != keep_best))
+            if stale and (self.work / name).is_dir() and not (self.work / name).is_symlink():
+                shutil.rmtree(self.work / name)
+
+    def _save_best(self) -> None:
+        from .statefile import save_state
+
+        name = f"best-{self.state['step']}"
+        tmp = self.work / (name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_state(self._weights(), tmp / "weights")
+        owned.fsync_dir(tmp)
+        if (self.work / name).exists():
+            shutil.rmtree(self.work / name)
+        os.replace(tmp, self.work / name)
+        owned.fsync_dir(self.work)
+
     def _restore(self) -> None:
-        ckpt = self.work / "checkpoint"
-        weights = torch.load(ckpt / "trainable.pt", weights_only=True)
+        from .statefile import load_state
+
+        ckpt = self.pre.checkpoint
+        weights = load_state(ckpt / "trainable", "training.resume")
         model = self.acc.unwrap_model(self.model)
-        missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights["params"]]
+        params = weights.get("params") if isinstance(weights, dict) else None
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in (params or {})]
         if missing:
             raise UserError(f"training.resume: checkpoint in '{ckpt}' does not match this recipe (no '{missing[0]}')")
-        self._load_weights(weights)
-        optim = torch.load(ckpt / "optim.pt", weights_only=False)
-        self.optimizer.optimizer.load_state_dict(optim["optimizer"])
-        self.scheduler.load_state_dict(optim["scheduler"])
-        if optim.get("scaler") is not None and self.acc.scaler is not None:
-            self.acc.scaler.load_state_dict(optim["scaler"])
-        self.state = json.loads((ckpt / "state.json").read_text())
-        rng = ckpt / f"rng{self.acc.process_index}.pt"
+        try:
+            self._load_weights(weights)
+            optim = load_state(ckpt / "optim", "training.resume")
+            self.optimizer.optimizer.load_state_dict(optim["optimizer"])
+            self.scheduler.load_state_dict(optim["scheduler"])
+            if optim.get("scaler") is not None and self.acc.scaler is not None:
+                self.acc.scaler.load_state_dict(optim["scaler"])
+            self.state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+        except UserError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"training.resume: the checkpoint '{ckpt}' does not load: {text}") from None
+        rng = ckpt / f"rng{self.acc.process_index}.json"
         if not rng.is_file():
             raise UserError(f"training.resume: '{ckpt}' holds no random state for process {self.acc.process_index} "
                             "(was it written with another number of processes?)")
-        _set_rng_state(torch.load(rng, weights_only=False))
+        try:
+            _set_rng_state(load_state(ckpt / f"rng{self.acc.process_index}", "training.resume"))
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise UserError(f"training.resume: the random state in '{ckpt}' does not load: {e}") from None
         log.info("resumed from %s: epoch %d, batch %d, step %d", ckpt, self.state["epoch"], self.state["batch_in_epoch"], self.state["step"])
 
     # ------------------------------------------------------------------ save
     def save(self) -> Path:
         """Restore the best-on-dev weights, score test, and publish the output directory."""
+        from .statefile import load_state
+
         acc = self.acc
         model = acc.unwrap_model(self.model)
-        best = self.work / "best.pt"
         acc.wait_for_everyone()
-        if best.is_file():
-            self._load_weights(torch.load(best, weights_only=True))
+        if self.state["best"]:
+            self._load_weights(load_state(self.work / f"best-{self.state['best']['step']}" / "weights", "best weights"))
         tick = time.perf_counter()
         results = {split: self.evaluate(split, final=True) for split in ("dev", "test") if split in self.data}
         eval_seconds = time.perf_counter() - tick
@@ -452,10 +491,8 @@ class TrainRun:
         if Path(resolved.backbone.name).expanduser().is_dir():
             resolved.backbone = dataclasses.replace(resolved.backbone, name=str(Path(resolved.backbone.name).expanduser().resolve()))
 
-        tmp = self.out.with_name(f".{self.out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
+        with owned.Staged(self.out, "run", self.state["run_id"],
+                          fingerprint=preflight.fingerprint_hash(self.pre.fingerprint)) as tmp:
             if hasattr(model, "peft_config"):
                 model.peft_config["default"].base_model_name_or_path = self.recipe.backbone.name
                 with warnings.catch_warnings():
@@ -475,15 +512,7 @@ class TrainRun:
             (tmp / "README.md").write_text(model_card(self.recipe, metrics), encoding="utf-8")
             if (self.work / "logs").is_dir():
                 shutil.copytree(self.work / "logs", tmp / "logs")
-            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
-            if self.out.exists():  # output.overwrite=true (checked at setup): keep it until the new one is in
-                os.replace(self.out, old)
-            os.replace(tmp, self.out)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        shutil.rmtree(self.work, ignore_errors=True)
+        owned.remove_owned(self.work)
         log.info("wrote %s: test micro-F1 %s, %s titles/s in training", self.out,
                  metrics.get("test_micro_f1"), metrics["train_titles_per_s"])
 
@@ -506,38 +535,21 @@ def _batches(loader):
 
 def run(recipe: Recipe) -> Path:
     r = TrainRun(recipe)
-    r.setup()
-    r.train()
-    return r.save()
+    try:
+        r.setup()
+        if r.finished:
+            if r.lock is not None:
+                owned.remove_owned(r.work)
+            log.info("%s already holds this run (published before the last interruption); nothing to resume", r.out)
+            return r.out
+        r.train()
+        return r.save()
+    finally:
+        if r.lock is not None:
+            r.lock.release()
 
 
 # ----------------------------------------------------------------------------- small helpers
-def _fingerprint(recipe: Recipe) -> dict:
-    """What a checkpoint must agree with to be resumed: the recipe less resume/overwrite."""
-    d = recipe_to_dict(recipe)
-    d["training"] = {k: v for k, v in d["training"].items() if k != "resume"}
-    d["output"] = {k: v for k, v in d["output"].items() if k != "overwrite"}
-    return json.loads(json.dumps(d))
-
-
-def _first_difference(a, b, prefix: str = "") -> str | None:
-    """Dotted key of the first difference between two nested dicts, or None."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            found = _first_difference(a.get(k), b.get(k), f"{prefix}{k}.")
-            if found:
-                return found
-        return None
-    return prefix.rstrip(".") if a != b else None
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _flat_scalars(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():

@@ -125,16 +125,15 @@ def test_an_interrupted_cell_resumes(tmp_path, tiny_backbone, toy_data):
     grid = _grid(tmp_path / "grid.yaml", lora, head, tiny_backbone, lora_lrs=(5e-3,))
     common = ("--budget", "cpu", "--grid", grid, "--results", tmp_path / "results", "--runs", tmp_path / "runs",
               "--method", "lora")
-    # 96 titles / 8 per batch = 12 steps per epoch: stopped in epoch 2, after epoch 1's checkpoint
-    os.environ["PEFT_TAGS_FAULT_AT_STEP"] = "15"
-    try:
-        crashed = _harness(*common, env_data=toy_data)
-    finally:
-        del os.environ["PEFT_TAGS_FAULT_AT_STEP"]
-    assert crashed.returncode == 1 and "FAILED" in crashed.stdout
-    cell = tmp_path / "results" / "cpu" / "toy" / "cells" / "lora@lr=5e-3.json"
-    assert json.loads(cell.read_text())["status"] == "failed"
+    # the cell's own command, killed (-9) in epoch 2 after epoch 1's checkpoint: 96 titles / 8 per batch = 12 steps
+    cell = next(c for c in harness.load_grid(grid, "cpu") if c.method == "lora")
+    cmd = harness.cell_command(cell, tmp_path / "runs" / "cpu" / cell.task / cell.name)
+    cmd[1] = str(REPO / "tests" / "killpoints.py")
+    env = dict(os.environ, PEFT_TAGS_DATA=str(toy_data), KILL_AT="16", KILL_KIND="step", PYTHONPATH=str(REPO))
+    crashed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert crashed.returncode == -9, crashed.stderr[-3000:]
     resumed = _harness(*common, env_data=toy_data)
+    cell = tmp_path / "results" / "cpu" / "toy" / "cells" / "lora@lr=5e-3.json"
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "lora@lr=5e-3 (resuming)" in resumed.stdout and "starting afresh" not in resumed.stdout
     done = json.loads(cell.read_text())

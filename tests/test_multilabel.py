@@ -243,7 +243,8 @@ def test_a_training_set_without_tags_is_an_error(tmp_path, tiny_backbone, toy_ta
         (data / f"{split}.jsonl").write_text('{"text": "华为黑色", "tags": []}\n', encoding="utf-8")
     recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, tmp_path / "data", tmp_path / "out", task_options=ML)
     assert cli_main(["train", str(recipe)]) == 2
-    assert "data.train: no title in" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert "data.train: 'toy-tags/train.jsonl' holds no tag" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_export_merges_and_keeps_the_decision_rule(ml_run, tmp_path):

@@ -12,19 +12,21 @@ import torch
 
 from conftest import REPO, write_recipe
 from peft_tags.cli import main as cli_main
+from peft_tags.preflight import latest_checkpoint
 
-EXPECTED_FILES = {"README.md", "adapter_config.json", "adapter_model.safetensors", "head.safetensors", "labels.json",
+EXPECTED_FILES = {".peft-tags.json", "README.md", "adapter_config.json", "adapter_model.safetensors", "head.safetensors", "labels.json",
                   "recipe.yaml", "metrics.json", "dev_report.txt", "test_report.txt"}
 
 
-def _env():
-    env = dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    env.pop("PEFT_TAGS_FAULT_AT_STEP", None)
-    return env
+def _env(kill_at_step: int = 0):
+    """kill_at_step: the run SIGKILLs itself before that optimizer step (tests/killpoints.py)."""
+    return dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
+                KILL_AT=str(kill_at_step), KILL_KIND="step")
 
 
 def _train_subprocess(recipe: Path, *overrides: str, env=None, launcher=None) -> subprocess.CompletedProcess:
-    cmd = (launcher or [sys.executable]) + [str(REPO / "run_recipe.py"), str(recipe), *overrides]
+    script = REPO / "tests" / "killpoints.py" if launcher is None else REPO / "run_recipe.py"
+    cmd = (launcher or [sys.executable]) + [str(script), str(recipe), *overrides]
     return subprocess.run(cmd, capture_output=True, text=True, env=env or _env(), cwd=recipe.parent, timeout=600)
 
 
@@ -137,10 +139,10 @@ def test_resume_after_a_crash_ends_like_an_uninterrupted_run(method, tmp_path, t
     broken = write_recipe(tmp_path / "b.yaml", tiny_backbone, toy_data, tmp_path / "b", method=method, method_options=opts,
                           epochs=2, checkpoint_every_steps=3)
     assert _train_subprocess(straight).returncode == 0
-    crashed = _train_subprocess(broken, env=dict(_env(), PEFT_TAGS_FAULT_AT_STEP="7"))
-    assert crashed.returncode != 0
+    crashed = _train_subprocess(broken, env=_env(kill_at_step=8))  # killed after 7 steps
+    assert crashed.returncode == -9
     assert not (tmp_path / "b").exists(), "a crashed run must not leave an output directory"
-    assert (tmp_path / "b.work" / "checkpoint" / "state.json").is_file()
+    assert latest_checkpoint(tmp_path / "b.work").name == "checkpoint-2"  # steps 3 and 6
     resumed = _train_subprocess(broken, "training.resume=true")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stderr
@@ -154,10 +156,12 @@ def test_resume_after_a_crash_ends_like_an_uninterrupted_run(method, tmp_path, t
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, tiny_backbone, toy_data, capsys):
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_data, tmp_path / "out")
-    assert cli_main(["train", str(recipe), "training.resume=true"]) == 2
-    assert "training.resume: no checkpoint" in capsys.readouterr().err
+def test_resume_without_a_checkpoint_starts_from_the_beginning(tmp_path, tiny_backbone, toy_data, capsys):
+    """A run killed before its first checkpoint (or before it began) resumes by starting over."""
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_data, tmp_path / "out", epochs=1)
+    assert cli_main(["train", str(recipe), "training.resume=true"]) == 0
+    assert "training.resume: no checkpoint under" in capsys.readouterr().err
+    assert (tmp_path / "out" / "metrics.json").is_file()
 
 
 @pytest.mark.parametrize("method", ["lora", "adalora"])
@@ -182,20 +186,19 @@ def test_two_processes_with_ddp_over_gloo(method, tmp_path, tiny_backbone, toy_d
         assert len(config["rank_pattern"]) == 4 and kept == 4 * ADALORA["target_r"]
 
 
-def test_a_fresh_run_ignores_leftovers_of_a_crashed_one(tmp_path, tiny_backbone, toy_data):
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_data, tmp_path / "out", epochs=1)
-    work = tmp_path / "out.work"
-    work.mkdir()
-    torch.save({"bogus": torch.zeros(3)}, work / "best.pt")  # would break loading if it were used
-    (tmp_path / ".out.tmp-123").mkdir()
+def test_a_fresh_run_clears_leftovers_of_a_crashed_one(tmp_path, tiny_backbone, toy_data):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_data, tmp_path / "out", epochs=2,
+                          checkpoint_every_steps=5)
+    crashed = _train_subprocess(recipe, env=_env(kill_at_step=12))
+    assert crashed.returncode == -9 and latest_checkpoint(tmp_path / "out.work") is not None
     assert cli_main(["train", str(recipe)]) == 0
-    assert not work.exists() and not (tmp_path / ".out.tmp-123").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "r.yaml"]
 
 
 def test_resume_refuses_a_checkpoint_of_another_recipe(tmp_path, tiny_backbone, toy_data, capsys):
     recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_data, tmp_path / "out", epochs=2, checkpoint_every_steps=5)
-    crashed = _train_subprocess(recipe, env=dict(_env(), PEFT_TAGS_FAULT_AT_STEP="6"))
-    assert crashed.returncode != 0
+    crashed = _train_subprocess(recipe, env=_env(kill_at_step=7))
+    assert crashed.returncode == -9
     assert cli_main(["train", str(recipe), "training.resume=true", "training.lr=0.001"]) == 2
     assert "'training.lr' differs" in capsys.readouterr().err
 

@@ -1,0 +1,252 @@
+"""Everything a run checks before its first step, shared by ``validate`` and ``train``.
+
+:func:`check` raises one :class:`~peft_tags.errors.UserError` line for the first problem it
+finds and logs nothing, so a run that cannot start prints exactly one line. In order: the
+output directory is allowed (and, for resume, holds a checkpoint of this recipe, this data
+and this code), the backbone resolves without a hub, its tokenizer loads, the method's
+target modules exist in it and ``max_length`` fits its positions, and every data file exists
+and parses (the culprit named by ``path:line``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import owned
+from .errors import UserError
+
+CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+
+
+@dataclass
+class Preflight:
+    backbone: str
+    tokenizer: object
+    data: dict
+    fingerprint: dict
+    checkpoint: Path | None = None  # resume: the checkpoint to continue from
+    finished: bool = False  # resume: output.dir already holds this very run
+    notes: list[str] = field(default_factory=list)
+
+
+def output_path(recipe) -> Path:
+    """output.dir as a normal path (``~`` expanded, ``..`` and trailing slashes folded)."""
+    return Path(os.path.normpath(Path(recipe.output.dir).expanduser()))
+
+
+def work_dir(out: Path) -> Path:
+    return out.parent / (out.name + ".work")
+
+
+def latest_checkpoint(work: Path) -> Path | None:
+    """The newest complete ``checkpoint-N`` of a work directory (a checkpoint appears in one rename)."""
+    best = None
+    try:
+        names = os.listdir(work)
+    except OSError:
+        return None
+    for name in names:
+        m = CHECKPOINT.fullmatch(name)
+        if m and (work / name / "state.json").is_file() and (best is None or int(m.group(1)) > best[0]):
+            best = (int(m.group(1)), work / name)
+    return best[1] if best else None
+
+
+def check(recipe, read_data: bool = True) -> Preflight:
+    from .backbones import resolve_backbone
+    from .model import load_tokenizer, quiet_transformers
+
+    quiet_transformers()
+    check_output(recipe)
+    backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.cache_dir)
+    tokenizer = load_tokenizer(backbone)
+    check_model(recipe, backbone)
+    data = load_data(recipe) if read_data else {}
+    pre = Preflight(backbone, tokenizer, data, fingerprint(recipe))
+    check_run_state(recipe, pre)
+    return pre
+
+
+def check_run_state(recipe, pre: Preflight) -> None:
+    """The output checks again (for resume: which checkpoint, or whether the run is already out)."""
+    pre.checkpoint, pre.finished = None, False
+    check_output(recipe)
+    if recipe.training.resume:
+        _check_resume(recipe, output_path(recipe), pre)
+
+
+def check_output(recipe) -> None:
+    """output.dir may be written: allowed place, absent or replaceable, its work folder ours."""
+    o, t = recipe.output, recipe.training
+    out = output_path(recipe)
+    owned.check_target(out, "output.dir", _data_roots(recipe))
+    work = work_dir(out)
+    if os.path.lexists(work) and not owned.is_owned(work):
+        raise UserError(f"output.dir: '{work}' exists and was not written by peft-tags; it is left as it is: "
+                        "move it away or choose another output directory")
+    if os.path.lexists(out):
+        if t.resume and owned.read_marker(out) is not None:
+            return  # resume: the output may be this run, published just before a crash (checked later)
+        if not o.overwrite:
+            raise UserError(f"output.dir: '{out}' already exists; set output.overwrite=true or choose another directory")
+        owned.check_replaceable(out, "output.dir", _data_roots(recipe))
+    if not out.parent.is_dir() and os.path.lexists(out.parent):
+        raise UserError(f"output.dir: '{out.parent}' is not a directory")
+
+
+def _data_roots(recipe) -> list[Path]:
+    return [Path(recipe.data.root)] if recipe.data.root else []
+
+
+def _check_resume(recipe, out: Path, pre: Preflight) -> None:
+    marker = owned.read_marker(out)
+    if marker is not None and marker.get("kind") == "run" and marker.get("fingerprint") == fingerprint_hash(pre.fingerprint):
+        pre.finished = True  # published by an earlier attempt of this very run
+        return
+    if os.path.lexists(out):
+        if not recipe.output.overwrite:
+            raise UserError(f"output.dir: '{out}' already exists and holds another run; set output.overwrite=true "
+                            "to replace it when the resumed run ends")
+        owned.check_replaceable(out, "output.dir", _data_roots(recipe))
+    work = work_dir(out)
+    ckpt = latest_checkpoint(work)
+    if ckpt is None:  # stopped before its first checkpoint (or never started): it starts from the beginning
+        pre.notes.append(f"training.resume: no checkpoint under '{work}' yet; starting from the beginning")
+        return
+    try:
+        saved = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"training.resume: '{ckpt / 'state.json'}' is damaged; start afresh (without resume)") from None
+    differs = first_difference(saved, pre.fingerprint)
+    if differs:
+        raise UserError(f"training.resume: the checkpoint in '{work}' was made with {_what_changed(differs)}; "
+                        "resume with the same recipe, data and code, or start afresh")
+    from .statefile import check_state
+
+    for name in ("trainable", "optim", f"rng{os.environ.get('RANK', '0')}"):
+        check_state(ckpt / name, "training.resume")
+    pre.checkpoint = ckpt
+
+
+def _what_changed(key: str) -> str:
+    if key.startswith("data_hash."):
+        split = key.split(".", 1)[1]
+        return f"another content of the data file of data.{split} (the file changed)"
+    if key.startswith("code"):
+        return f"another version of the peft-tags code ('{key}' differs)"
+    return f"another recipe ('{key.split('.', 1)[1] if key.startswith('recipe.') else key}' differs)"
+
+
+# ----------------------------------------------------------------------------- backbone and method
+def check_model(recipe, backbone: str) -> None:
+    """Apply the method to a weightless skeleton of the backbone: unknown target modules and a
+    max_length past the positions fail here, the same way they would at the first step."""
+    import torch
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    from .model import apply_method, check_max_length
+
+    try:
+        config = AutoConfig.from_pretrained(backbone, num_labels=4)
+    except (OSError, ValueError) as e:
+        raise UserError(f"backbone.name: cannot load the configuration of '{recipe.backbone.name}': {_first(e)}") from None
+    try:
+        with torch.device("meta"):
+            model = AutoModelForTokenClassification.from_config(config)
+    except (ValueError, KeyError) as e:
+        raise UserError(f"backbone.name: '{recipe.backbone.name}' has no token-classification model: {_first(e)}") from None
+    if recipe.method.name not in ("full", "head-only"):
+        try:
+            model = apply_method(model, recipe.method.name, recipe.method.options, total_steps=1000)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a method that cannot build on the meta device is checked at train time
+            logging.getLogger("peft_tags.preflight").debug("skeleton check skipped: %s", e)
+            return
+    check_max_length(model, recipe.backbone.max_length)
+
+
+def _first(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+# ----------------------------------------------------------------------------- data
+def load_data(recipe) -> dict:
+    """Every split of the recipe, read and checked (logging of the reads is held back)."""
+    from .train import read_split
+
+    d = recipe.data
+    data_log = logging.getLogger("peft_tags.data")
+    before = data_log.level
+    data_log.setLevel(logging.WARNING)
+    try:
+        data = {split: read_split(d, split) for split in ("train", "dev", "test") if getattr(d, split) is not None}
+    finally:
+        data_log.setLevel(before)
+    train = data["train"]
+    if not any(getattr(e, "spans", None) or getattr(e, "tags", None) for e in train):
+        raise UserError(f"data.train: '{d.train}' holds no {'tag' if recipe.task.type == 'multilabel' else 'span'} "
+                        f"in any of its {len(train)} examples; there is nothing to learn")
+    return data
+
+
+# ----------------------------------------------------------------------------- fingerprint
+def fingerprint(recipe) -> dict:
+    """What a checkpoint must agree with to be resumed: recipe (less resume/overwrite), the data
+    files' contents and the code."""
+    from . import __version__
+    from .data import resolve_data_path
+    from .recipe import recipe_to_dict
+
+    d = recipe_to_dict(recipe)
+    d["training"] = {k: v for k, v in d["training"].items() if k != "resume"}
+    d["output"] = {k: v for k, v in d["output"].items() if k != "overwrite"}
+    hashes = {}
+    for split in ("train", "dev", "test"):
+        rel = getattr(recipe.data, split)
+        if rel is not None:
+            hashes[split] = _file_hash(resolve_data_path(rel, recipe.data.root, key=f"data.{split}"))
+    return json.loads(json.dumps({"recipe": d, "data_hash": hashes,
+                                  "code": {"version": __version__, "source": source_hash()}}))
+
+
+def fingerprint_hash(fp: dict) -> str:
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+_SOURCE_HASH: list[str] = []
+
+
+def source_hash() -> str:
+    """Hash of the peft_tags package's Python sources (the code a checkpoint was made by)."""
+    if not _SOURCE_HASH:
+        root = Path(__file__).resolve().parent
+        h = hashlib.sha256()
+        for p in sorted(root.rglob("*.py")):
+            h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes())
+        _SOURCE_HASH.append(h.hexdigest()[:16])
+    return _SOURCE_HASH[0]
+
+
+def first_difference(a, b, prefix: str = "") -> str | None:
+    """Dotted key of the first difference between two nested dicts, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            found = first_difference(a.get(k), b.get(k), f"{prefix}{k}.")
+            if found:
+                return found
+        return None
+    return prefix.rstrip(".") if a != b else None
