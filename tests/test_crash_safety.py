@@ -1,0 +1,118 @@
+"""kill -9 anywhere: a run killed at random points and resumed ends bit-identical to one never killed.
+
+The run trains the tiny backbone in a subprocess through ``tests/killpoints.py``, which counts
+events (optimizer steps, renames, fsyncs) and SIGKILLs the process just before the chosen one.
+An uninterrupted reference run lists the events; five are drawn from it: one while a checkpoint
+is written, one at a checkpoint's rename, one while the output is written, one between the two
+renames that replace an existing output, and one anywhere. Each kill is followed by a resume.
+The seed is printed (``-s`` shows it) and ``KILL_SEED=N`` replays a failure.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, write_recipe
+
+# timings and memory vary from run to run; "recipe" is the path of each copy's recipe file
+VOLATILE = {"train_seconds", "train_titles_per_s", "eval_titles_per_s", "peak_memory_mb", "recipe"}
+KILLPOINTS = Path(__file__).with_name("killpoints.py")
+
+
+def _run(recipe: Path, *overrides: str, kill_at: int = 0, events: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
+               KILL_AT=str(kill_at))
+    if events is not None:
+        env["EVENTS"] = str(events)
+    return subprocess.run([sys.executable, str(KILLPOINTS), str(recipe), *overrides], capture_output=True, text=True,
+                          env=env, cwd=recipe.parent, timeout=600)
+
+
+def _existing_output(out: Path) -> None:
+    """An output peft-tags wrote before (marker and all), for the run to replace."""
+    from peft_tags import owned
+
+    owned.make_dir(out, "run", owned.new_id())
+    (out / "metrics.json").write_text("{}")
+
+
+def _result(out: Path) -> dict:
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"adapter": (out / "adapter_model.safetensors").read_bytes(), "head": (out / "head.safetensors").read_bytes(),
+            "labels": (out / "labels.json").read_text(),
+            "metrics": {k: v for k, v in metrics.items() if k not in VOLATILE}}
+
+
+def _events(path: Path) -> list[tuple[int, str, str]]:
+    rows = []
+    for line in path.read_text().splitlines():
+        n, kind, what = line.split("\t", 2)
+        rows.append((int(n), kind, what))
+    return rows
+
+
+def _choose(events, rng: random.Random) -> list[tuple[str, int]]:
+    """Five kill points: one per dangerous moment, one anywhere."""
+    def pick(label, test):
+        candidates = [n for n, kind, what in events if test(kind, what)]
+        assert candidates, f"the reference run has no event for '{label}'"
+        return label, rng.choice(candidates)
+
+    def in_checkpoint(what):
+        return "checkpoint-" in what and ".tmp" in what
+
+    return sorted([
+        pick("while a checkpoint is written", lambda k, w: k == "fsync" and in_checkpoint(w) and "->" not in w),
+        pick("at a checkpoint's rename", lambda k, w: k == "rename" and in_checkpoint(w.split(" -> ")[0])
+             and w.split(" -> ")[1].rsplit("/", 1)[-1].startswith("checkpoint-")),
+        pick("while the output is written", lambda k, w: k == "fsync" and "/.out.peft-tags-new-" in w),
+        pick("between the two renames of the publish", lambda k, w: k == "rename" and ".peft-tags-new-" in w
+             and w.endswith("/out")),
+        pick("anywhere", lambda k, w: True),
+    ], key=lambda p: p[1])
+
+
+def test_kill_at_five_random_points_then_resume_is_bit_identical(tmp_path, tiny_backbone, toy_data, capsys):
+    seed = int(os.environ.get("KILL_SEED", random.SystemRandom().randrange(10**6)))
+    rng = random.Random(seed)
+    with capsys.disabled():
+        print(f"\nkill -9 test: KILL_SEED={seed}")
+
+    def recipe(name):
+        d = tmp_path / name
+        d.mkdir()
+        path = write_recipe(d / "r.yaml", tiny_backbone, toy_data, d / "out", epochs=2, checkpoint_every_steps=7)
+        path.write_text(path.read_text() + "  overwrite: true\n")
+        _existing_output(d / "out")
+        return path
+
+    ref = recipe("ref")
+    done = _run(ref, events=tmp_path / "events.tsv")
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference = _result(ref.parent / "out")
+    events = _events(tmp_path / "events.tsv")
+    points = _choose(events, rng)
+    with capsys.disabled():
+        print("kill points (event of %d): %s" % (len(events), "; ".join(f"{n} {label}" for label, n in points)))
+
+    for label, n in points:
+        path = recipe(f"kill-{n}")
+        killed = _run(path, kill_at=n)
+        assert killed.returncode == -9, f"event {n} ({label}): {killed.returncode} {killed.stderr[-2000:]}"
+        resumed = _run(path, "training.resume=true")
+        assert resumed.returncode == 0, f"KILL_SEED={seed}, event {n} ({label}): {resumed.stderr[-3000:]}"
+        got = _result(path.parent / "out")
+        for key in reference:
+            what = key if key != "metrics" else "metrics " + ", ".join(
+                k for k in sorted(set(got[key]) | set(reference[key])) if got[key].get(k) != reference[key].get(k))
+            assert got[key] == reference[key], f"KILL_SEED={seed}, event {n} ({label}): {what} differ"
+        left = sorted(p.name for p in path.parent.iterdir())
+        assert left == ["out", "r.yaml"], f"KILL_SEED={seed}, event {n} ({label}): left behind {left}"
+        shutil.rmtree(path.parent)
