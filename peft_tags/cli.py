@@ -26,18 +26,21 @@ def _train(args) -> int:
 
 
 def _validate(args) -> int:
-    from .recipe import load_recipe, resolve_recipe_path
-
     from .preflight import check
+    from .recipe import load_recipe, resolve_recipe_path
 
     failed = 0
     for name in args.recipes:
+        where = name
         try:
-            check(load_recipe(resolve_recipe_path(name), args.overrides))
-            print(f"ok    {name}")
-        except UserError as e:
+            where = str(resolve_recipe_path(name))
+            pre = check(load_recipe(where, args.overrides))
+            print(f"ok    {name}" + "".join(f" ({note})" for note in pre.notes)
+                  + (" (training.resume: output.dir already holds this run)" if pre.finished else ""))
+        except UserError as e:  # recipe problems start with the file; the checks after loading get it put first
             failed += 1
-            print(str(e), file=sys.stderr)
+            text = str(e)
+            print(text if text.startswith(where) or "\n" in text else f"{where}: {text}", file=sys.stderr)
     return 2 if failed else 0
 
 

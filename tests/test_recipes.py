@@ -22,9 +22,14 @@ def test_shipped_recipe_validates(path):
     assert any("run_recipe.py" in line or "peft-tags train" in line for line in first), "recipe should open with its command"
 
 
-def test_validate_and_ls_commands(capsys, monkeypatch):
-    monkeypatch.chdir(REPO)
-    assert cli_main(["validate", *map(str, SHIPPED)]) == 0
+def test_validate_and_ls_commands(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)  # validate checks what training would: backbone, data, and an output dir not yet there
+    spans = [str(p) for p in SHIPPED if p.parent.name != "jd-tags"]
+    assert cli_main(["validate", *spans, "--set", f"output.dir={tmp_path / 'out'}"]) == 0
+    # the jd-tags recipes read the tag set that derive-tags makes from jd-ner (README: Multi-label tags)
+    assert cli_main(["derive-tags", "jd-ner", str(tmp_path / "data" / "jd-tags")]) == 0
+    tags = [str(p) for p in SHIPPED if p.parent.name == "jd-tags"]
+    assert cli_main(["validate", *tags, "--set", f"output.dir={tmp_path / 'out'}", "--set", f"data.root={tmp_path / 'data'}"]) == 0
     assert cli_main(["ls"]) == 0
     out = capsys.readouterr().out
     assert "jd-ner/lora.yaml" in out and "head-only" in out
