@@ -43,6 +43,7 @@ from provenance import code_fingerprint, committed_unchanged, provenance, tree_s
 from report import short_float, write_reports  # noqa: E402
 
 from peft_tags.preflight import latest_checkpoint  # noqa: E402
+from peft_tags.recipe import yaml_load  # noqa: E402  (recipes: the loader with the alias-bomb caps)
 
 STOCK_ARGS = {"data.max_train_examples": "--max-train", "data.max_dev_examples": "--max-dev",
               "data.max_test_examples": "--max-test", "training.epochs": "--epochs"}
@@ -284,7 +285,7 @@ def collect(cell: Cell, run: Path, fp: str, wall: float, prov: dict) -> dict:
     m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     seed = None
     if (run / "recipe.yaml").is_file():
-        seed = (yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8")).get("training") or {}).get("seed")
+        seed = (yaml_load((run / "recipe.yaml").read_text(encoding="utf-8")).get("training") or {}).get("seed")
     else:
         seed = (m.get("settings") or {}).get("seed")
     rel, size = saved_file(run)

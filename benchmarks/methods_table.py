@@ -15,15 +15,15 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from peft_tags.recipe import yaml_load  # noqa: E402  (recipes: the loader with the alias-bomb caps)
 
 
 def read_run(run: Path) -> dict:
     m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    recipe = yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8"))
+    recipe = yaml_load((run / "recipe.yaml").read_text(encoding="utf-8"))
     adapter = run / "adapter_model.safetensors"
     model = run / "model" / "model.safetensors"
     p = m["parameters"]

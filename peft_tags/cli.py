@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -171,12 +172,23 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _probability(text: str) -> float:
+    """A number strictly between 0 and 1 (a decision threshold); 'nan' and 'inf' are not."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (exclusive), got '{text}'")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="peft-tags", description="Parameter-efficient fine-tuning for product tagging.")
     sub = p.add_subparsers(dest="command", required=True)  # subparsers are _Parser too
     t = sub.add_parser("train", help="train a recipe (accelerate launch run_recipe.py RECIPE does the same)")
     t.add_argument("recipe", help="recipe file, or a name under recipes/ (lora.yaml, jd-ner/lora.yaml)")
-    t.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. training.lr=5e-4")
+    t.add_argument("overrides", nargs="*", default=[], help="key.sub=value overrides, e.g. training.lr=5e-4")
     t.set_defaults(func=_train)
     v = sub.add_parser("validate", help="check recipes as training would before its first step (backbone, target "
                                          "modules, data files, output directory), without training")
@@ -187,12 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=_ls)
     pr = sub.add_parser("predict", help="tag titles with a trained output directory")
     pr.add_argument("output_dir")
-    pr.add_argument("titles", nargs="*")
+    pr.add_argument("titles", nargs="*", default=[])
     pr.add_argument("--input", help="JSON lines with a 'text' field")
     pr.add_argument("--output", help="write JSON lines here instead of printing")
     pr.add_argument("--batch-size", type=_positive_int, default=32)
     pr.add_argument("--top-k", type=_positive_int, default=None, help="multi-label runs: at most K tags per title")
-    pr.add_argument("--threshold", type=float, default=None,
+    pr.add_argument("--threshold", type=_probability, default=None,
                     help="multi-label runs: one decision threshold for every tag instead of the ones tuned on dev")
     pr.set_defaults(func=_predict)
     ex = sub.add_parser("export", help="merge the adapter into the backbone (de-quantised first, for QLoRA) and "
@@ -204,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     rt = sub.add_parser("retune", help="multi-label runs: tune the decision thresholds on dev again (another rule, "
                                        "support or top-k) and re-score, without training")
     rt.add_argument("output_dir", help="a trained multi-label output directory (rewritten in place, model untouched)")
-    rt.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+    rt.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
                     help="task.thresholds, task.min_tag_support, task.top_k; data.root, data.dev, data.test")
     rt.add_argument("--batch-size", type=_positive_int, default=64)
     rt.set_defaults(func=_retune)

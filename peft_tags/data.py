@@ -143,6 +143,8 @@ def resolve_data_path(rel: str | os.PathLike, root: str | os.PathLike | None = N
     """
     p = Path(os.path.expanduser(str(rel)))
     if p.is_absolute():
+        if p.is_dir():
+            raise UserError(f"{key}: {p} is a directory, expected a file")
         if not p.is_file():
             raise UserError(f"{key}: no such file: {p}")
         return p
@@ -153,6 +155,8 @@ def resolve_data_path(rel: str | os.PathLike, root: str | os.PathLike | None = N
     else:
         base, how = Path.cwd() / DEFAULT_DATA_ROOT, f"the default {DEFAULT_DATA_ROOT} (set ${DATA_ENV} to change it)"
     full = (base / p).resolve()
+    if full.is_dir():
+        raise UserError(f"{key}: {full} is a directory, expected a file")
     if not full.is_file():
         where = "which does not exist" if not base.is_dir() else "which exists"
         raise UserError(

@@ -4,14 +4,16 @@
 finds and logs nothing, so a run that cannot start prints exactly one line. In order: the
 output directory is allowed (and, for resume, holds a checkpoint of this recipe, this data
 and this code), the backbone resolves without a hub, its tokenizer loads, the method's
-target modules exist in it and ``max_length`` fits its positions, and every data file exists
-and parses (the culprit named by ``path:line``).
+target modules exist in it and ``max_length`` fits its positions, every data file exists
+and parses (the culprit named by ``path:line``), and the run is long enough for its method
+(AdaLoRA's budget schedule needs two optimizer steps).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -67,6 +69,8 @@ def check(recipe, read_data: bool = True) -> Preflight:
     tokenizer = load_tokenizer(backbone)
     check_model(recipe, backbone)
     data = load_data(recipe) if read_data else {}
+    if read_data:
+        check_steps(recipe, len(data["train"]))
     pre = Preflight(backbone, tokenizer, data, fingerprint(recipe))
     check_run_state(recipe, pre)
     return pre
@@ -169,6 +173,21 @@ def check_model(recipe, backbone: str) -> None:
             logging.getLogger("peft_tags.preflight").debug("skeleton check skipped: %s", e)
             return
     check_max_length(model, recipe.backbone.max_length)
+
+
+def steps_per_epoch(recipe, n_train: int, processes: int) -> int:
+    """Optimizer steps of one epoch: batches of the training set shared by the processes, per accumulation."""
+    t = recipe.training
+    return math.ceil(math.ceil(math.ceil(n_train / t.batch_size) / processes) / t.grad_accum)
+
+
+def check_steps(recipe, n_train: int) -> None:
+    """A method that needs a number of optimizer steps (AdaLoRA's budget schedule) gets the run's, from the data."""
+    if recipe.method.name == "adalora":
+        from .methods.adalora import schedule
+
+        processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        schedule(recipe.method.options, steps_per_epoch(recipe, n_train, processes) * recipe.training.epochs)
 
 
 def _first(e: Exception) -> str:

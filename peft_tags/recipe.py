@@ -283,9 +283,13 @@ class _CappedLoader(yaml.SafeLoader):
         return node
 
 
-def _yaml_load(text: str):
-    """``yaml.safe_load`` under the caps of :class:`_CappedLoader`."""
+def yaml_load(text: str):
+    """``yaml.safe_load`` under the caps of :class:`_CappedLoader` (raises :class:`YamlTooBig` past them):
+    for any YAML a user hands over, recipes first."""
     return yaml.load(text, Loader=_CappedLoader)
+
+
+_yaml_load = yaml_load
 
 
 # --------------------------------------------------------------------------- value checks
@@ -447,6 +451,7 @@ def _build(cls, raw: Any, prefix: str, problems: _Problems, extra_keys=(), no_op
         return None
     fields = _fields(cls)
     names = [f.name for f, _ in fields]
+    meant = set()  # keys an unknown key is taken for: a misspelt required key is one problem, not two
     for key in raw:
         if str(key) in names or key in extra_keys:
             continue
@@ -454,6 +459,7 @@ def _build(cls, raw: Any, prefix: str, problems: _Problems, extra_keys=(), no_op
         hint = _suggest(str(key), [*extra_keys, *names])
         text = f"unknown key '{dotted}'"
         if hint:
+            meant.add(hint)
             text += f" (did you mean '{prefix}.{hint}'?)"
         elif no_options_of:
             text += f" (method '{no_options_of}' takes no options)"
@@ -462,7 +468,7 @@ def _build(cls, raw: Any, prefix: str, problems: _Problems, extra_keys=(), no_op
     for f, tp in fields:
         dotted = f"{prefix}.{f.name}"
         if f.name not in raw:
-            if _required(f):
+            if _required(f) and f.name not in meant:
                 problems.add(dotted, f"missing required key '{dotted}'")
             continue
         value = raw[f.name]
@@ -511,7 +517,11 @@ def _build_method(raw: Any, problems: _Problems):
         problems.add("method", f"method: expected a mapping of keys, got {_show(raw)}")
         return None
     if "name" not in raw:
-        problems.add("method.name", "missing required key 'method.name'")
+        typo = next((k for k in raw if _suggest(str(k), ["name"]) == "name"), None)
+        if typo is not None:  # one problem: the misspelt key
+            problems.add(f"method.{typo}", f"unknown key 'method.{typo}' (did you mean 'method.name'?)")
+        else:
+            problems.add("method.name", "missing required key 'method.name'")
         return None
     name = raw["name"]
     if not isinstance(name, str):
@@ -596,7 +606,7 @@ def _apply_overrides(raw: dict, overrides: Sequence[str], problems: _Problems) -
             continue
         parts = [p.strip() for p in parts]
         try:
-            value = _yaml_load(value_text)
+            value = yaml_load(value_text)
         except yaml.YAMLError as err:
             problems.add(tag, f"override '{text}': the value is not valid YAML ({_yaml_problem(err)})")
             continue
@@ -626,24 +636,29 @@ def _finish(raw: Any, source: str, overrides: Sequence[str], positions: dict[str
         problems.add(key, text)
     recipe = None
     applied: dict[str, tuple[int, str]] = {}
-    if raw is None or raw == {}:
+    empty = raw is None or raw == {}
+    empty_line = f"{source}: the recipe is empty; expected a mapping with sections " + ", ".join(SECTIONS)
+    if empty:
         raw = {}
         if not overrides:  # one line, not one per missing section
-            raise RecipeError([f"{source}: the recipe is empty; expected a mapping with sections "
-                               + ", ".join(SECTIONS)])
+            raise RecipeError([empty_line])
     if not isinstance(raw, dict):
         problems.add("", f"the top level must be a mapping with sections {', '.join(SECTIONS)}, got {_show(raw)}")
         raw = None
     else:
         raw = _deep_copy(raw)
         applied = _apply_overrides(raw, overrides, problems)
+        meant = set()  # sections a misspelt one is taken for: their keys are not missing, they are misplaced
         for key in raw:
             if key not in SECTIONS:
                 hint = _suggest(str(key), SECTIONS)
+                meant.add(hint or key)
                 problems.add(str(key), f"unknown key '{key}'" + (f" (did you mean '{hint}'?)" if hint else ""))
         built = {}
         for name, cls in SECTIONS.items():
-            if name == "method":
+            if name in meant and name not in raw:
+                built[name] = None
+            elif name == "method":
                 built[name] = _build_method(raw.get(name), problems)
             else:
                 built[name] = _build(cls, raw.get(name), name, problems)
@@ -652,17 +667,19 @@ def _finish(raw: Any, source: str, overrides: Sequence[str], positions: dict[str
             for key, message in recipe.check():
                 problems.add(key, f"{key}: {message}")
     if len(problems):
-        raise RecipeError(_lines(problems, source, positions, applied))
+        if empty:  # overrides alone are no recipe: one line for the file
+            raise RecipeError([empty_line])
+        raise RecipeError(_lines(problems, source, positions, applied, in_file=set(extra)))
     return recipe
 
 
-def _lines(problems: _Problems, source: str, positions: dict[str, int], applied) -> list[str]:
+def _lines(problems: _Problems, source: str, positions: dict[str, int], applied, in_file=frozenset()) -> list[str]:
     rows = []
     for order, (key, text) in enumerate(problems.items):
         culprit = None
         if key.startswith("@override"):
             culprit = (int(key[len("@override"):]), None)
-        else:
+        elif (key, text) not in in_file:  # a key given twice is the file's problem, whatever the overrides set
             for okey, (index, otext) in applied.items():
                 if key == okey or key.startswith(okey + ".") or okey.startswith(key + "."):
                     if culprit is None or index > culprit[0]:
@@ -700,13 +717,18 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
         size = Path(path).stat().st_size
         if size > MAX_BYTES:
             raise RecipeError([f"{source}: {size} bytes; a recipe is at most {MAX_BYTES >> 20} MiB"])
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise UserError(f"{source}: no such recipe file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{source}: cannot read the recipe ({err})") from None
+    except OSError as err:
+        raise UserError(f"{source}: cannot read the recipe ({err.strerror or err})") from None
     try:
-        raw = _yaml_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise RecipeError([f"{source}:{line}: not UTF-8 (byte 0x{data[err.start]:02x}); save the recipe as UTF-8"]) from None
+    try:
+        raw = yaml_load(text)
     except YamlTooBig as err:
         raise RecipeError([f"{source}: {err}"]) from None
     except yaml.YAMLError as err:

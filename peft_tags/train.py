@@ -200,7 +200,7 @@ class TrainRun:
         lengths = [len(e.input_ids) for e in self.encoded["train"]]
         self.sampler = LengthBucketBatches(lengths, t.batch_size, t.seed, t.length_bucketing)
         # 3314 titles / 16 per batch = 208 batches, split over the processes; / grad_accum = optimizer steps
-        self.steps_per_epoch = math.ceil(math.ceil(len(self.sampler) / self.acc.num_processes) / t.grad_accum)
+        self.steps_per_epoch = preflight.steps_per_epoch(r, len(lengths), self.acc.num_processes)
         self.total_steps = self.steps_per_epoch * t.epochs
         model = apply_method(model, r.method.name, r.method.options, total_steps=self.total_steps)
         check_max_length(model, r.backbone.max_length)

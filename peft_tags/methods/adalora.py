@@ -44,13 +44,15 @@ class AdaLoraOptions:
         problems = []
         if self.init_r < 1:
             problems.append(("init_r", f"must be a positive integer, got {self.init_r}"))
-        if not 1 <= self.target_r <= max(self.init_r, 1):
+        if self.target_r < 1 or 1 <= self.init_r < self.target_r:  # against init_r only when init_r itself is valid
             problems.append(("target_r", f"must be in [1, init_r={self.init_r}], got {self.target_r}"))
         if self.alpha <= 0:
             problems.append(("alpha", f"must be > 0, got {self.alpha}"))
         if not 0 <= self.dropout < 1:
             problems.append(("dropout", f"must be in [0, 1), got {self.dropout}"))
-        if not 0 <= self.budget_start < self.budget_end <= 1:
+        if not 0 <= self.budget_start < 1:  # the key at fault: budget_end is checked against a valid start only
+            problems.append(("budget_start", f"must be in [0, 1), got {self.budget_start}"))
+        elif not self.budget_start < self.budget_end <= 1:
             problems.append(("budget_end", f"must satisfy 0 <= budget_start < budget_end <= 1, got "
                                            f"{self.budget_start} and {self.budget_end}"))
         if self.allocate_every < 1:

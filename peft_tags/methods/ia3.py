@@ -19,7 +19,7 @@ class IA3Options:
         if self.feedforward_modules is not None:
             if self.target_modules is None:
                 problems.append(("feedforward_modules", "needs method.target_modules (they must be a subset of it)"))
-            else:
+            elif self.target_modules:  # an empty target_modules is its own problem, reported above
                 extra = [m for m in self.feedforward_modules if m not in self.target_modules]
                 if extra:
                     problems.append(("feedforward_modules", f"{extra} not in method.target_modules"))
