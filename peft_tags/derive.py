@@ -58,7 +58,6 @@ def derive_tags(source: str, dest: str | Path, *, types=DEFAULT_TYPES, min_count
     dest = Path(dest)
     if os.path.lexists(dest) and not overwrite:
         raise UserError(f"{dest}: already exists; pass --overwrite to replace it")
-    owned.check_replaceable(dest, str(dest), [data_root] if data_root else [])
     paths = {}
     for split in SPLITS:
         rel = Path(source) / f"{split}{'.txt' if fmt == 'conll' else '.jsonl'}"
@@ -67,6 +66,7 @@ def derive_tags(source: str, dest: str | Path, *, types=DEFAULT_TYPES, min_count
     sources = {p.resolve().parent for p in paths.values()}
     if any(dest.resolve() == s or dest.resolve() in s.parents for s in sources):
         raise UserError(f"{dest}: is (or holds) the source folder {next(iter(sources))}; write the tag set elsewhere")
+    owned.check_replaceable(dest, str(dest), [data_root] if data_root else [])
     examples = {split: read_examples(p, fmt, fullwidth_to_halfwidth=False) for split, p in paths.items()}
     known = {s.label for e in examples["train"] for s in e.spans}
     missing = [t for t in types if t not in known]

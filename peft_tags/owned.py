@@ -289,8 +289,8 @@ def recover(dest: Path) -> list[str]:
     host = socket.gethostname()
     for role, pid, path in sorted(_stages(dest), key=lambda s: s[0]):  # "new" before "old"
         marker = read_marker(path)
-        if marker is None and not pid_alive_and_not_us(pid) and _empty_dir(path):
-            os.rmdir(path)  # made, then killed before its marker was written: nothing in it
+        if marker is None and not pid_alive_and_not_us(pid) and _unmarked_stage(path):
+            shutil.rmtree(path)  # made, then killed before its marker was in: nothing else in it
             continue
         if marker is None or (pid != os.getpid() and marker.get("host") == host and pid_alive_and_not_us(pid)):
             continue  # not ours, or its writer still works on it
@@ -321,11 +321,17 @@ def recover(dest: Path) -> list[str]:
     return done
 
 
-def _empty_dir(path: Path) -> bool:
+def _unmarked_stage(path: Path) -> bool:
+    """A staging folder killed between its mkdir and its marker's rename: empty, or holding only
+    the marker's temporary file (a plain file)."""
     try:
-        return not path.is_symlink() and path.is_dir() and not os.listdir(path)
+        if path.is_symlink() or not path.is_dir():
+            return False
+        entries = os.listdir(path)
     except OSError:
         return False
+    temp = MARKER + ".tmp"
+    return not entries or (entries == [temp] and (path / temp).is_file() and not (path / temp).is_symlink())
 
 
 def make_dir(path: Path, kind: str, run_id: str, **marker) -> None:

@@ -1,10 +1,14 @@
 """Shared fixtures: a tiny random backbone and a learnable toy tagging set, built offline."""
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 import pytest
+
+# no test reaches for a model hub: hub ids resolve from the local cache or fail at once
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 

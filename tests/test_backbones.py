@@ -24,11 +24,33 @@ def test_missing_alias_package_names_the_pip_command(monkeypatch):
         backbones.resolve_backbone("me5-small")
 
 
-def test_local_directory_and_hub_id_pass_through(tmp_path):
+def test_local_directory_and_hub_id_pass_through(tmp_path, monkeypatch):
     assert backbones.resolve_backbone(str(tmp_path)) == str(tmp_path)
-    assert backbones.resolve_backbone("intfloat/multilingual-e5-small") == "intfloat/multilingual-e5-small"
     with pytest.raises(UserError, match="backbone.name: no such directory"):
         backbones.resolve_backbone("./not-here")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the tests run offline (conftest)
+    monkeypatch.setattr(backbones, "_hub_reachable", lambda endpoint, timeout=3.0: True)
+    assert backbones.resolve_backbone("intfloat/multilingual-e5-small") == "intfloat/multilingual-e5-small"
+
+
+def test_without_a_hub_an_id_is_its_cached_snapshot_or_one_line_at_once(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    monkeypatch.setattr(backbones, "_hub_reachable", lambda endpoint, timeout=3.0: False)
+
+    def cached(repo_id, local_files_only=False):
+        assert local_files_only
+        if repo_id == "org/cached":
+            return str(tmp_path)
+        raise LocalEntryNotFoundError("not in the cache")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", cached)
+    assert backbones.resolve_backbone("org/cached") == str(tmp_path)
+    with pytest.raises(UserError, match=r"backbone.name: 'org/missing' is not .* cannot be reached"):
+        backbones.resolve_backbone("org/missing")
 
 
 def test_conversion_is_cached_by_source_hash(tmp_path, monkeypatch):

@@ -73,11 +73,14 @@ def test_mistakes_are_one_line(tmp_path, capsys, args, message):
 
 def test_an_existing_destination_needs_overwrite(tmp_path, capsys):
     src = _source(tmp_path)
-    (tmp_path / "out").mkdir()
+    assert cli_main(["derive-tags", str(src), str(tmp_path / "out"), "--types", "16", "--min-count", "1"]) == 0
     assert cli_main(["derive-tags", str(src), str(tmp_path / "out"), "--types", "16"]) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert cli_main(["derive-tags", str(src), str(tmp_path / "out"), "--types", "16", "--min-count", "1", "--overwrite"]) == 0
     assert (tmp_path / "out" / "vocab.json").is_file()
+    (tmp_path / "mine").mkdir()  # a folder peft-tags did not write is never replaced
+    assert cli_main(["derive-tags", str(src), str(tmp_path / "mine"), "--types", "16", "--overwrite"]) == 2
+    assert "was not written by peft-tags" in capsys.readouterr().err
 
 
 class _nothing:
@@ -96,4 +99,4 @@ def test_the_source_folder_is_never_the_destination(tmp_path, capsys):
     assert (src / "train.txt").read_bytes() == before
     (tmp_path / "afile").write_text("x")
     assert cli_main(["derive-tags", str(src), str(tmp_path / "afile"), "--types", "16", "--overwrite"]) == 2
-    assert "is a file, not a folder" in capsys.readouterr().err
+    assert "is a file; peft-tags replaces only directories it wrote itself" in capsys.readouterr().err

@@ -257,6 +257,17 @@ def test_recover_leaves_folders_of_live_processes_and_unmarked_ones(tmp_path):
     assert (live / "f").read_text() == "theirs" and (unmarked / "f").read_text() == "someone's"
 
 
+def test_recover_removes_a_stage_killed_before_its_marker_was_in(tmp_path):
+    dest = tmp_path / "out"
+    for pid in (_dead_pid(), _dead_pid()):
+        stage = tmp_path / f".out.peft-tags-new-{pid}"
+        stage.mkdir()
+        if pid % 2:  # killed after mkdir, or while the marker's temporary file was written
+            (stage / ".peft-tags.json.tmp").write_text('{"format": "peft-tags-di')
+    owned.recover(dest)
+    assert list(tmp_path.iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- validate = the checks before step 1
 def test_validate_passes_a_good_recipe(tmp_path, tiny_backbone, toy_data, capsys):
     recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_data, tmp_path / "out")
