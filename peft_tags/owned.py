@@ -147,12 +147,38 @@ def check_replaceable(path: Path, key: str, extra_roots=()) -> None:
                         "choose another directory, or move it away yourself")
 
 
+def is_empty_dir(path: Path) -> bool:
+    """A real, empty directory (what a removal killed after its marker went leaves; nothing to lose)."""
+    try:
+        return not path.is_symlink() and path.is_dir() and not os.listdir(path)
+    except OSError:
+        return False
+
+
 def remove_owned(path: Path) -> bool:
-    """Delete ``path`` if it is a directory peft-tags wrote (never through a link); True if removed."""
+    """Delete ``path`` if it is a directory peft-tags wrote (never through a link), or an empty one;
+    True if removed."""
     if os.path.lexists(path) and is_owned(path):
-        shutil.rmtree(path)
+        _remove_marked(path)
+        return True
+    if is_empty_dir(path):
+        os.rmdir(path)
         return True
     return False
+
+
+def _remove_marked(path: Path) -> None:
+    """Delete a marked directory with its marker last: a removal killed part-way leaves a folder
+    that is still marked, which the next command finishes removing."""
+    for entry in os.scandir(path):
+        if entry.name != MARKER:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+    fsync_dir(path)
+    os.unlink(path / MARKER)
+    os.rmdir(path)
 
 
 # ----------------------------------------------------------------------------- lock
@@ -304,7 +330,7 @@ def recover(dest: Path) -> list[str]:
                 fsync_dir(dest.parent)
                 done.append(f"finished publishing {dest} (interrupted before)")
             else:
-                shutil.rmtree(path)
+                _remove_marked(path)
                 done.append(f"removed the unfinished {path.name}")
     for role, pid, path in _stages(dest):
         if role != "old" or read_marker(path) is None:
@@ -312,7 +338,7 @@ def recover(dest: Path) -> list[str]:
         if pid != os.getpid() and pid_alive_and_not_us(pid):
             continue
         if os.path.lexists(dest):
-            shutil.rmtree(path)
+            _remove_marked(path)
             done.append(f"removed the replaced {path.name}")
         else:
             os.replace(path, dest)
@@ -386,4 +412,4 @@ class Staged:
         os.replace(self.tmp, self.dest)
         fsync_dir(self.dest.parent)
         if os.path.lexists(old):
-            shutil.rmtree(old)
+            _remove_marked(old)

@@ -90,7 +90,7 @@ def check_output(recipe) -> None:
     out = output_path(recipe)
     owned.check_target(out, "output.dir", _data_roots(recipe))
     work = work_dir(out)
-    if os.path.lexists(work) and not owned.is_owned(work):
+    if os.path.lexists(work) and not owned.is_owned(work) and not owned.is_empty_dir(work):
         raise UserError(f"output.dir: '{work}' exists and was not written by peft-tags; it is left as it is: "
                         "move it away or choose another output directory")
     if os.path.lexists(out):
@@ -164,7 +164,9 @@ def check_model(recipe, backbone: str) -> None:
             model = AutoModelForTokenClassification.from_config(config)
     except (ValueError, KeyError) as e:
         raise UserError(f"backbone.name: '{recipe.backbone.name}' has no token-classification model: {_first(e)}") from None
-    if recipe.method.name not in ("full", "head-only"):
+    from . import methods
+
+    if methods.get(recipe.method.name).saves == "adapter":
         try:
             model = apply_method(model, recipe.method.name, recipe.method.options, total_steps=1000)
         except UserError:
@@ -182,12 +184,13 @@ def steps_per_epoch(recipe, n_train: int, processes: int) -> int:
 
 
 def check_steps(recipe, n_train: int) -> None:
-    """A method that needs a number of optimizer steps (AdaLoRA's budget schedule) gets the run's, from the data."""
-    if recipe.method.name == "adalora":
-        from .methods.adalora import schedule
+    """A method that needs a number of optimizer steps (AdaLoRA's budget schedule) checks the run's, from the data."""
+    from . import methods
 
+    check = methods.get(recipe.method.name).check_steps
+    if check is not None:
         processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        schedule(recipe.method.options, steps_per_epoch(recipe, n_train, processes) * recipe.training.epochs)
+        check(recipe.method.options, steps_per_epoch(recipe, n_train, processes) * recipe.training.epochs)
 
 
 def _first(e: Exception) -> str:

@@ -1,7 +1,7 @@
 """Run ``run_recipe.py`` under fault injection (tests only): ``python killpoints.py RECIPE [key=value ...]``.
 
 Every optimizer step and every file-system operation a run relies on for its safety (each
-``os.replace``/``os.rename`` and each ``os.fsync``) is an *event*. With ``KILL_AT=N`` the
+``os.replace``/``os.rename``, ``os.fsync``, ``os.unlink`` and ``os.rmdir``) is an *event*. With ``KILL_AT=N`` the
 process sends itself SIGKILL just before its N-th event, the way a power cut or the OOM
 killer would stop it (``KILL_KIND=step`` counts optimizer steps only); with ``EVENTS=FILE`` it appends one line per event to FILE. Nothing
 of this lives in peft-tags itself: the test wraps the real entry point from outside.
@@ -46,6 +46,8 @@ def _fd_path(fd) -> str:
 _wrap(os, "replace", "rename", lambda a, b, *_: f"{a} -> {b}")
 _wrap(os, "rename", "rename", lambda a, b, *_: f"{a} -> {b}")
 _wrap(os, "fsync", "fsync", lambda fd, *_: _fd_path(fd))
+_wrap(os, "unlink", "delete", lambda path, *_, **kw: str(path))  # shutil.rmtree deletes through these
+_wrap(os, "rmdir", "delete", lambda path, *_, **kw: str(path))
 
 import torch  # noqa: E402
 

@@ -2,9 +2,10 @@
 
 The run trains the tiny backbone in a subprocess through ``tests/killpoints.py``, which counts
 events (optimizer steps, renames, fsyncs) and SIGKILLs the process just before the chosen one.
-An uninterrupted reference run lists the events; five are drawn from it: one while a checkpoint
+An uninterrupted reference run lists the events; six are drawn from it: one while a checkpoint
 is written, one at a checkpoint's rename, one while the output is written, one between the two
-renames that replace an existing output, and one anywhere. Each kill is followed by a resume.
+renames that replace an existing output, one while the replaced output or the work folder is
+deleted, and one anywhere. Each kill is followed by a resume.
 The seed is printed (``-s`` shows it) and ``KILL_SEED=N`` replays a failure.
 """
 from __future__ import annotations
@@ -17,7 +18,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from conftest import REPO, write_recipe
 
@@ -59,7 +59,7 @@ def _events(path: Path) -> list[tuple[int, str, str]]:
 
 
 def _choose(events, rng: random.Random) -> list[tuple[str, int]]:
-    """Five kill points: one per dangerous moment, one anywhere."""
+    """Six kill points: one per dangerous moment, one anywhere."""
     def pick(label, test):
         candidates = [n for n, kind, what in events if test(kind, what)]
         assert candidates, f"the reference run has no event for '{label}'"
@@ -75,11 +75,13 @@ def _choose(events, rng: random.Random) -> list[tuple[str, int]]:
         pick("while the output is written", lambda k, w: k == "fsync" and "/.out.peft-tags-new-" in w),
         pick("between the two renames of the publish", lambda k, w: k == "rename" and ".peft-tags-new-" in w
              and w.endswith("/out")),
+        pick("while a replaced output or the work folder is deleted", lambda k, w: k == "delete"
+             and any(part in w for part in (".peft-tags-old-", "out.work", "peft-tags.json"))),
         pick("anywhere", lambda k, w: True),
     ], key=lambda p: p[1])
 
 
-def test_kill_at_five_random_points_then_resume_is_bit_identical(tmp_path, tiny_backbone, toy_data, capsys):
+def test_kill_at_six_random_points_then_resume_is_bit_identical(tmp_path, tiny_backbone, toy_data, capsys):
     seed = int(os.environ.get("KILL_SEED", random.SystemRandom().randrange(10**6)))
     rng = random.Random(seed)
     with capsys.disabled():
