@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="merge the adapter into the backbone (de-quantised first, for QLoRA) and "
                                        "write a standalone transformers model")
     ex.add_argument("output_dir", help="a trained output directory")
-    ex.add_argument("dest", help="directory to write (an output directory of method 'full')")
+    ex.add_argument("dest", help="directory to write: an output directory whose model/ holds the merged model")
     ex.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
     ex.set_defaults(func=_export)
     rt = sub.add_parser("retune", help="multi-label runs: tune the decision thresholds on dev again (another rule, "

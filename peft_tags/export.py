@@ -25,12 +25,10 @@ import torch
 
 from . import owned
 from .errors import UserError
+from .methods.full import NAME as FULL, FullOptions
 
 log = logging.getLogger("peft_tags.export")
 
-NOT_MERGEABLE = {"bottleneck": "adds non-linear layers", "prefix": "adds keys and values to attention",
-                 "prompt": "adds input embeddings"}
-PROMPT_TYPES = {"PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "CPT", "ADAPTION_PROMPT"}
 
 
 def dequantized_linears(quantized_model) -> dict[str, torch.Tensor]:
@@ -53,19 +51,17 @@ def merged_model(run_dir: Path):
     from .predict import _load_head, attach_adapter
     from .rundir import check_run_dir, loading
 
+    from . import methods
+
     recipe, meta = check_run_dir(run_dir)
     method, b = recipe.method.name, recipe.backbone
-    why = NOT_MERGEABLE.get(method)
-    if why is None and (run_dir / "adapter_config.json").is_file():
-        adapter = json.loads((run_dir / "adapter_config.json").read_text(encoding="utf-8"))
-        if adapter.get("peft_type") in PROMPT_TYPES:
-            why = "adds virtual tokens"
+    saves, why = methods.get(method).saves, methods.get(method).merge_refusal
     if why:
         raise UserError(f"{run_dir}: method '{method}' {why} and cannot be merged into the backbone; "
                         "use the output directory as it is (standard peft files)")
     backbone = resolve_backbone(b.name, b.cache_dir)
     with torch.random.fork_rng(devices=[]):  # building models seeds torch; not the caller's RNG
-        if method == "full":
+        if saves == "model":
             with loading(run_dir / "model"):
                 model = build_token_classifier(str(run_dir / "model"), meta["num_outputs"], seed=0)
         else:
@@ -82,7 +78,7 @@ def merged_model(run_dir: Path):
             log.info("de-quantised %d %s linear layers to float32", len(weights), b.quantization)
     model = attach_adapter(model, run_dir, method)
     _load_head(model, run_dir / "head.safetensors", HEAD_NAME)
-    if method not in ("full", "head-only"):
+    if saves == "adapter":
         try:
             model = model.merge_and_unload()
         except (NotImplementedError, ValueError, AttributeError, TypeError) as e:
@@ -119,7 +115,7 @@ def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False) -> Pa
             if (run_dir / name).is_file():
                 shutil.copy2(run_dir / name, tmp / name)
         exported = dataclasses.replace(
-            recipe, method=dataclasses.replace(recipe.method, name="full", options=_full_options()),
+            recipe, method=dataclasses.replace(recipe.method, name=FULL, options=FullOptions()),
             backbone=dataclasses.replace(recipe.backbone, quantization="none"),
         )
         dump_recipe(exported, tmp / "recipe.yaml")
@@ -130,9 +126,3 @@ def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False) -> Pa
                                                               if recipe.backbone.quantization != "none" else ""),
         }, indent=1), encoding="utf-8")
     return dest
-
-
-def _full_options():
-    from .methods.full import FullOptions
-
-    return FullOptions()

@@ -163,8 +163,10 @@ class TagClassifier(Tagger):
 def _build(out: Path, recipe, backbone: str, num_outputs: int, device=None):
     from .model import build_token_classifier
 
+    from . import methods
+
     method, b = recipe.method.name, recipe.backbone
-    if method == "full":  # the whole fine-tuned model
+    if methods.get(method).saves == "model":  # the whole fine-tuned model
         with loading(out / "model"):
             return build_token_classifier(str(out / "model"), num_outputs, seed=0)
     model = build_token_classifier(backbone, num_outputs, 0, b.quantization, b.double_quantization, b.compute_dtype,
@@ -176,7 +178,7 @@ def attach_adapter(model, out: Path, method: str):
     """The saved peft adapter of ``out`` on ``model`` (unchanged for head-only), ready to run."""
     from . import methods
 
-    if method in ("full", "head-only"):
+    if methods.get(method).saves != "adapter":
         return model
     import importlib
 

@@ -194,10 +194,13 @@ class Recipe:
 
     def check(self) -> list[tuple[str, str]]:
         """Cross-section checks: (dotted key, problem) pairs."""
+        from . import methods
+
         problems = []
-        if self.backbone.quantization != "none" and self.method.name == "full":
+        if self.backbone.quantization != "none" and not methods.get(self.method.name).quantizable:
             problems.append(("backbone.quantization", "a quantised backbone is frozen; it cannot be combined with "
-                                                      "method 'full' (use lora, or quantization: none)"))
+                                                      f"method '{self.method.name}', which trains the backbone's "
+                                                      "weights (use lora, or quantization: none)"))
         if self.task.type == "multilabel" and self.data.format != "tags":
             problems.append(("data.format", f"task multilabel reads 'tags' files ({{\"text\": ..., \"tags\": [...]}} per "
                                             f"line), not '{self.data.format}'"))

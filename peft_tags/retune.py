@@ -27,7 +27,8 @@ def retune(run: str | os.PathLike, overrides: list[str] = (), batch_size: int = 
     from .rundir import check_run_dir, read_json
     from .tasks import MultiLabelTask
     from .tasks.multilabel import predict_probs
-    from .train import model_card, read_split
+    from .card import model_card
+    from .train import read_split
 
     run = Path(run)
     for name in ("labels.json", "metrics.json", "recipe.yaml"):

@@ -17,11 +17,9 @@ from pathlib import Path
 from .errors import UserError
 
 OUTPUT_FILES = ("labels.json", "recipe.yaml", "head.safetensors")
-METHOD_FILES = {
-    "lora": ("adapter_config.json", "adapter_model.safetensors"),  # every peft method saves an adapter
-    "full": ("model/config.json",),
-    "head-only": (),
-}
+#: what a method saves besides the head (``Method.saves``) -> the files that must be there
+SAVED_FILES = {"adapter": ("adapter_config.json", "adapter_model.safetensors"), "model": ("model/config.json",),
+               "head": ()}
 LORA_KEY = re.compile(r"(?:base_model\.model\.)?(.*)\.lora_(?:embedding_)?([ABE])(?:\.weight)?")
 
 
@@ -41,8 +39,11 @@ def check_run_dir(path: str | Path) -> tuple:
     except RecipeError as e:  # one line for the run, however many problems
         more = len(e.problems) - 1
         raise UserError(e.problems[0] + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")) from None
+    from . import methods
+
     method = recipe.method.name
-    needed = METHOD_FILES.get(method, METHOD_FILES["lora"])
+    saves = methods.get(method).saves
+    needed = SAVED_FILES[saves]
     missing = [f for f in needed if not (out / f).is_file()]
     if missing:
         raise UserError(f"{out}: incomplete output of method '{method}' (missing {', '.join(missing)})")
@@ -66,7 +67,7 @@ def check_run_dir(path: str | Path) -> tuple:
             if key.endswith((f"{HEAD_NAME}.weight", f"{HEAD_NAME}.bias")) and shape[:1] != [n]:
                 raise UserError(f"{out / 'adapter_model.safetensors'}: '{key}' has {(shape or [0])[0]} outputs, but "
                                 f"labels.json says num_outputs {n}")
-    if method == "full":
+    if saves == "model":
         read_json(out / "model" / "config.json")
         for f in sorted((out / "model").glob("*.safetensors")):
             tensor_shapes(f)

@@ -12,116 +12,33 @@ import json
 import logging
 import math
 import os
-import random
 import resource
 import shutil
 import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from . import __version__, owned, preflight
+from . import __version__, checkpoint, methods, owned, preflight
+from .card import model_card
 from .data import read_examples, resolve_data_path
-from .errors import UserError
-from . import methods
 from .model import (HEAD_NAME, apply_method, build_token_classifier, check_max_length, is_head_param,
                     parameter_counts, quiet_transformers)
+from .precision import choose_precision
 from .predict import head_module
 from .recipe import Recipe, dump_recipe, recipe_to_dict
+from .sampler import LengthBucketBatches, fenced_batches
 from .tasks import make_task
 
 log = logging.getLogger("peft_tags.train")
 
 
 # ----------------------------------------------------------------------------- helpers
-def choose_precision(requested: str) -> tuple[str, str]:
-    """Return (accelerate mixed_precision, why)."""
-    if requested != "auto":
-        return requested, "as the recipe asks (training.mixed_precision)"
-    if torch.cuda.is_available():
-        if torch.cuda.is_bf16_supported():
-            return "bf16", f"{torch.cuda.get_device_name()} computes bf16 natively"
-        return "fp16", f"{torch.cuda.get_device_name()} has no bf16; fp16 with loss scaling"
-    if {"avx512_bf16", "amx_bf16"} & _cpu_flags():
-        # measured here (2 cores, me5-small LoRA step): bf16 autocast 28 titles/s vs fp32 27;
-        # the matmuls gain, the rest (casts, small ops) loses it: not worth the precision
-        return "no", "CPU: bf16 autocast trains no faster than fp32 on CPUs (set bf16 to force it): fp32"
-    return "no", "CPU without native bf16 (bf16 matmuls run ~60x slower than fp32): fp32"
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-class LengthBucketBatches(torch.utils.data.Sampler):
-    """Shuffled batches of titles of similar length: less padding, same randomness per epoch.
-
-    Titles are shuffled, cut into pools of 50 batches, each pool is sorted by length and cut
-    into batches, and the batches are shuffled. The order depends only on (seed, epoch).
-    """
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, bucketing: bool):
-        self.lengths, self.batch_size, self.seed, self.bucketing = lengths, batch_size, seed, bucketing
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def batches(self) -> list[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        idx = rng.permutation(len(self.lengths))
-        if self.bucketing:
-            pool = self.batch_size * 50
-            idx = np.concatenate([sorted(idx[i : i + pool], key=lambda j: self.lengths[j]) for i in range(0, len(idx), pool)])
-        batches = [idx[i : i + self.batch_size].tolist() for i in range(0, len(idx), self.batch_size)]
-        short = [batches.pop()] if len(batches[-1]) < self.batch_size else []
-        # the short batch stays last: accelerate's sharding over processes assumes full batches
-        return [batches[i] for i in rng.permutation(len(batches))] + short
-
-    def __iter__(self):
-        return iter(self.batches())
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
-
-
 def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def _trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-@torch.no_grad()
-def _load_trainable(model, state: dict[str, torch.Tensor]) -> None:
-    """Copy a ``_trainable_state`` back into the model's parameters."""
-    for n, p in model.named_parameters():
-        if n in state:
-            p.copy_(state[n])
-
-
-def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(tuple(state["numpy"]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # ----------------------------------------------------------------------------- the run
@@ -273,7 +190,7 @@ class TrainRun:
             self.sampler.set_epoch(epoch)
             self.model.train()
             tick = time.perf_counter()
-            for batch in _batches(loader):
+            for batch in fenced_batches(loader):
                 with acc.accumulate(self.model):
                     logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                     loss = self.task.loss(logits, batch)
@@ -320,7 +237,7 @@ class TrainRun:
         if improved:
             st["best"] = {"epoch": epoch, "step": st["step"], "micro_f1": scores["micro_f1"]}
             if self.acc.is_main_process:
-                self._save_best()
+                checkpoint.save_best(self.work, st["step"], self._weights())
 
     def evaluate(self, split: str, final: bool = False) -> dict:
         """The task's scores on a split; each process predicts a shard, every process scores all
@@ -342,110 +259,32 @@ class TrainRun:
     def _weights(self) -> dict:
         """Trainable weights and the method's own state (AdaLoRA: scores and rank pattern)."""
         model = self.acc.unwrap_model(self.model)
-        return {"params": _trainable_state(model), "method": self.method.state(model) if self.method.state else None}
+        return {"params": checkpoint.trainable_state(model), "method": self.method.state(model) if self.method.state else None}
 
     def _load_weights(self, weights: dict) -> None:
         model = self.acc.unwrap_model(self.model)
-        _load_trainable(model, weights["params"])
+        checkpoint.load_trainable(model, weights["params"])
         if self.method.load_state and weights.get("method") is not None:
             self.method.load_state(model, weights["method"])
 
     def _checkpoint(self) -> None:
-        """Trainable weights, optimizer, schedule, loss scale, RNG and loop state (no pickle), written
-        to ``checkpoint-N.tmp`` by every process and published by the main one in one rename.
-        Resume takes the newest complete ``checkpoint-N``; a kill at any moment leaves one."""
-        from .statefile import save_state
-
-        acc, work, st = self.acc, self.work, self.state
-        st["checkpoints"] += 1
-        tmp, final = work / f"checkpoint-{st['checkpoints']}.tmp", work / f"checkpoint-{st['checkpoints']}"
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-        acc.wait_for_everyone()
-        save_state(_rng_state(), tmp / f"rng{acc.process_index}")  # dropout differs per rank
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            save_state(self._weights(), tmp / "trainable")
-            save_state({"optimizer": self.optimizer.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                        "scaler": acc.scaler.state_dict() if acc.scaler is not None else None}, tmp / "optim")
-            owned.write_json_atomic(tmp / "state.json", st)
-            owned.fsync_dir(tmp)
-            if final.exists():  # left by an attempt killed after this point; same content
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            owned.fsync_dir(work)
-            self._prune(keep=final.name)
-        acc.wait_for_everyone()
-
-    def _prune(self, keep: str) -> None:
-        """Remove older checkpoints, unfinished ones and best weights the state no longer names."""
-        best = self.state["best"]
-        keep_best = f"best-{best['step']}" if best else None
-        for name in sorted(os.listdir(self.work)):
-            stale = ((preflight.CHECKPOINT.fullmatch(name) and name != keep) or name.endswith(".tmp")
-                     or (name.startswith("best-") and name != keep_best))
-            if stale and (self.work / name).is_dir() and not (self.work / name).is_symlink():
-                shutil.rmtree(self.work / name)
-
-    def _save_best(self) -> None:
-        from .statefile import save_state
-
-        name = f"best-{self.state['step']}"
-        tmp = self.work / (name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_state(self._weights(), tmp / "weights")
-        owned.fsync_dir(tmp)
-        if (self.work / name).exists():
-            shutil.rmtree(self.work / name)
-        os.replace(tmp, self.work / name)
-        owned.fsync_dir(self.work)
+        checkpoint.write(self.acc, self.work, self.state, self._weights, self.optimizer.optimizer, self.scheduler)
 
     def _restore(self) -> None:
-        from .statefile import load_state
-
-        ckpt = self.pre.checkpoint
-        weights = load_state(ckpt / "trainable", "training.resume")
-        model = self.acc.unwrap_model(self.model)
-        params = weights.get("params") if isinstance(weights, dict) else None
-        missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in (params or {})]
-        if missing:
-            raise UserError(f"training.resume: checkpoint in '{ckpt}' does not match this recipe (no '{missing[0]}')")
-        try:
-            self._load_weights(weights)
-            optim = load_state(ckpt / "optim", "training.resume")
-            self.optimizer.optimizer.load_state_dict(optim["optimizer"])
-            self.scheduler.load_state_dict(optim["scheduler"])
-            if optim.get("scaler") is not None and self.acc.scaler is not None:
-                self.acc.scaler.load_state_dict(optim["scaler"])
-            self.state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
-        except UserError:
-            raise
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
-            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"training.resume: the checkpoint '{ckpt}' does not load: {text}") from None
-        rng = ckpt / f"rng{self.acc.process_index}.json"
-        if not rng.is_file():
-            raise UserError(f"training.resume: '{ckpt}' holds no random state for process {self.acc.process_index} "
-                            "(was it written with another number of processes?)")
-        try:
-            _set_rng_state(load_state(ckpt / f"rng{self.acc.process_index}", "training.resume"))
-        except (ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise UserError(f"training.resume: the random state in '{ckpt}' does not load: {e}") from None
-        log.info("resumed from %s: epoch %d, batch %d, step %d", ckpt, self.state["epoch"], self.state["batch_in_epoch"], self.state["step"])
+        acc = self.acc
+        self.state = checkpoint.restore(self.pre.checkpoint, acc.unwrap_model(self.model), self._load_weights,
+                                        self.optimizer.optimizer, self.scheduler, acc.scaler, acc.process_index)
+        log.info("resumed from %s: epoch %d, batch %d, step %d", self.pre.checkpoint, self.state["epoch"],
+                 self.state["batch_in_epoch"], self.state["step"])
 
     # ------------------------------------------------------------------ save
     def save(self) -> Path:
         """Restore the best-on-dev weights, score test, and publish the output directory."""
-        from .statefile import load_state
-
         acc = self.acc
         model = acc.unwrap_model(self.model)
         acc.wait_for_everyone()
         if self.state["best"]:
-            self._load_weights(load_state(self.work / f"best-{self.state['best']['step']}" / "weights", "best weights"))
+            self._load_weights(checkpoint.load_best(self.work, self.state["best"]["step"]))
         tick = time.perf_counter()
         results = {split: self.evaluate(split, final=True) for split in ("dev", "test") if split in self.data}
         eval_seconds = time.perf_counter() - tick
@@ -499,7 +338,7 @@ class TrainRun:
                     # AdaLoRA may prune a matrix to rank 0; peft takes the empty tensors for unsharded DeepSpeed ones
                     warnings.filterwarnings("ignore", message=r"Adapter '.*': \d+ LoRA tensor\(s\) have invalid shape")
                     model.save_pretrained(str(tmp), save_embedding_layers=False)  # adapter_config.json + adapter_model.safetensors (with head)
-            elif self.recipe.method.name == "full":
+            elif self.method.saves == "model":
                 model.save_pretrained(str(tmp / "model"))
             head = {k: v.detach().cpu().contiguous() for k, v in head_module(model, HEAD_NAME).state_dict().items()}
             save_file(head, str(tmp / "head.safetensors"))
@@ -515,22 +354,6 @@ class TrainRun:
         owned.remove_owned(self.work)
         log.info("wrote %s: test micro-F1 %s, %s titles/s in training", self.out,
                  metrics.get("test_micro_f1"), metrics["train_titles_per_s"])
-
-
-def _batches(loader):
-    """Iterate ``loader`` without touching the global torch RNG.
-
-    A DataLoader draws a seed from the global RNG whenever an iterator starts. A resumed run
-    starts its iterator mid-epoch, after restoring the RNG, so the draw would shift every
-    dropout mask after it; with the draws fenced off, resume matches an uninterrupted run.
-    """
-    it = iter(loader)
-    while True:
-        with torch.random.fork_rng(devices=[]):
-            batch = next(it, None)
-        if batch is None:
-            return
-        yield batch
 
 
 def run(recipe: Recipe) -> Path:
@@ -573,58 +396,3 @@ def _versions() -> dict:
 def _configure_logging(main: bool) -> None:
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO if main else logging.WARNING,
                         force=True)
-
-
-def _plain_peft_note(method: str) -> list[str]:
-    if method == "bottleneck":
-        return ["`import peft_tags.bottleneck` first: it registers the BOTTLENECK peft type."]
-    if method == "prefix":
-        return ["Then call `peft_tags.methods.prefix.enable(model)`: transformers 5 encoders take the prefixes "
-                "through peft-tags' attention function, not as `past_key_values`."]
-    return []
-
-
-def _task_line(recipe: Recipe, m: dict) -> str:
-    t = recipe.task
-    if t.type == "multilabel":
-        th = m.get("thresholds", {})
-        return (f"multi-label tags ({m['tag_stats']['vocabulary']} in the vocabulary), {t.pooling} pooling, sigmoid per tag; "
-                f"decision: {th.get('rule', t.thresholds)} thresholds tuned on dev (global {th.get('global')}"
-                + (f"; asked for auto: held-out dev micro-F1 per-tag {th['held_out_dev']['per-tag']:.4f}, global "
-                   f"{th['held_out_dev']['global']:.4f}" if th.get("held_out_dev") else "") + ")"
-                + (f", at most {t.top_k} tags" if t.top_k else ""))
-    return f"character-span tagging (BIO), {t.slots} label slots per token"
-
-
-def model_card(recipe: Recipe, m: dict) -> str:
-    p = m["parameters"]
-    test = m["scores"].get("test", {})
-    lines = [
-        f"# peft-tags {m['task']} model: {m['method']} on {m['backbone']}",
-        "",
-        f"Trained by peft-tags {__version__} from `{m['recipe']}` (resolved recipe: `recipe.yaml`).",
-        "",
-        "| | |", "|---|---|",
-        f"| task | {_task_line(recipe, m)} |",
-        f"| data | train `{recipe.data.train}`, dev `{recipe.data.dev}`, test `{recipe.data.test}` |",
-        f"| trainable parameters | adapter {p['adapter']:,} + backbone {p['backbone']:,} + head {p['head']:,} = {p['trainable']:,} ({p['trainable_pct']}% of {p['all']:,}) |",
-        f"| test micro P / R / F1 | {test.get('micro_precision', float('nan')):.4f} / {test.get('micro_recall', float('nan')):.4f} / {test.get('micro_f1', float('nan')):.4f} |",
-        f"| test macro F1 | {test.get('macro_f1', float('nan')):.4f} |",
-        *([f"| test example-based F1 | {test['example_f1']:.4f} |"] if "example_f1" in test else []),
-        f"| best dev epoch | {m['best']['epoch'] if m['best'] else '-'} |",
-        f"| training | {m['train_seconds']} s, {m['train_titles_per_s']} titles/s, {m['processes']} process(es) on {m['device']}, precision {m['mixed_precision']} |",
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from peft_tags import Tagger",
-        f"Tagger.load('{recipe.output.dir}').tag(['<a product title>'])",
-        "```",
-        "",
-        "or `peft-tags predict <this directory> \"<title>\"`. The adapter files are standard PEFT:",
-        "`PeftModel.from_pretrained(AutoModelForTokenClassification.from_pretrained(<backbone>, "
-        "num_labels=<labels.json: num_outputs>), <this directory>)` restores adapter and head.",
-        *_plain_peft_note(recipe.method.name),
-        "",
-    ]
-    return "\n".join(lines)

@@ -238,7 +238,7 @@ def test_tagger_handles_empty_input_and_keeps_the_callers_rng(lora_run):
 
 
 def test_short_batch_comes_last_so_process_shards_stay_full():
-    from peft_tags.train import LengthBucketBatches
+    from peft_tags.sampler import LengthBucketBatches
 
     sampler = LengthBucketBatches(list(range(150)), batch_size=8, seed=1, bucketing=True)
     for epoch in range(3):

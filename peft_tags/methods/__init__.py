@@ -23,12 +23,24 @@ class Context:
     total_steps: int = 0  # optimizer steps of the whole run (0: not training, e.g. loading)
 
 
+#: what a run of a method saves besides its head: peft adapter files, the whole model, or nothing
+SAVES = ("adapter", "model", "head")
+
+
 @dataclass(frozen=True)
 class Method:
+    """A fine-tuning method and what the rest of peft-tags needs to know of it, so that no other
+    module asks for a method by its name."""
+
     name: str
     options_cls: type
     apply: Callable  # apply(model, options, ctx: Context) -> model
     help: str
+    saves: str = "adapter"  # one of SAVES: adapter_config.json + adapter_model.safetensors, model/, or the head only
+    merge_refusal: str | None = None  # why it cannot be merged into the backbone (it adds computation); None: it can
+    quantizable: bool = True  # trains over a frozen backbone, so the backbone may be quantised (QLoRA)
+    card_note: str = ""  # what a user of plain peft does first to load the adapter (model card)
+    check_steps: Callable | None = None  # check_steps(options, total_steps): raise UserError if the run is too short
     on_step: Callable | None = None  # on_step(model, step): after each optimizer step, before zero_grad
     regularizer: Callable | None = None  # regularizer(model) -> scalar tensor added to the training loss
     state: Callable | None = None  # state(model) -> dict kept with checkpoints and the best weights

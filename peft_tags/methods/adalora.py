@@ -143,7 +143,8 @@ def _load_state(model, state: dict) -> None:
 
 
 @register("adalora", AdaLoraOptions, help="AdaLoRA (peft): LoRA whose ranks are reallocated by importance during training",
-          on_step=_on_step, regularizer=_regularizer, state=_state, load_state=_load_state)
+          on_step=_on_step, regularizer=_regularizer, state=_state, load_state=_load_state,
+          check_steps=schedule)
 def apply(model, options: AdaLoraOptions, ctx: Context):
     from peft import AdaLoraConfig
 

@@ -41,7 +41,9 @@ class BottleneckOptions:
         return problems + check_targets(self.target_modules)
 
 
-@register("bottleneck", BottleneckOptions, help="bottleneck adapters (Houlsby or Pfeiffer) as a peft method + trained head")
+@register("bottleneck", BottleneckOptions, help="bottleneck adapters (Houlsby or Pfeiffer) as a peft method + trained head",
+          merge_refusal="adds non-linear layers",
+          card_note="`import peft_tags.bottleneck` first: it registers the BOTTLENECK peft type.")
 def apply(model, options: BottleneckOptions, ctx: Context):
     from ..bottleneck import BottleneckConfig  # importing it registers the peft type
 

@@ -11,7 +11,7 @@ class HeadOnlyOptions:
     pass
 
 
-@register("head-only", HeadOnlyOptions, help="frozen backbone; only the task head trains")
+@register("head-only", HeadOnlyOptions, help="frozen backbone; only the task head trains", saves="head")
 def apply(model, options: HeadOnlyOptions, ctx: Context):
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith(ctx.head_name + ".") or name == ctx.head_name)

@@ -60,7 +60,7 @@ def _method(key: str) -> Method:
     options_cls = _options_class(key, config_cls)
     prompt = _is_prompt_learning(config_cls)
     return Method(key, options_cls, functools.partial(_apply, config_cls), help=f"peft {config_cls.__name__}, keys passed through",
-                  on_load=allow_disable_adapter if prompt else None)
+                  on_load=allow_disable_adapter if prompt else None, merge_refusal="adds virtual tokens" if prompt else None)
 
 
 def _options_class(key: str, config_cls) -> type:

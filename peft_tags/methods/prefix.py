@@ -123,7 +123,9 @@ def enable(peft_model):
 
 
 @register("prefix", PrefixOptions, help="prefix tuning: learned keys and values at every layer (P-tuning v2) + trained head",
-          on_load=enable)
+          on_load=enable, merge_refusal="adds keys and values to attention",
+          card_note="Then call `peft_tags.methods.prefix.enable(model)`: transformers 5 encoders take the prefixes "
+                    "through peft-tags' attention function, not as `past_key_values`.")
 def apply(model, options: PrefixOptions, ctx: Context):
     from peft import PrefixTuningConfig, TaskType, get_peft_model
 

@@ -26,7 +26,7 @@ class PromptOptions:
 
 
 @register("prompt", PromptOptions, help="prompt tuning: learned input embeddings before the title + trained head",
-          on_load=allow_disable_adapter)
+          on_load=allow_disable_adapter, merge_refusal="adds input embeddings")
 def apply(model, options: PromptOptions, ctx: Context):
     from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
