@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="peft-tags", description="Parameter-efficient fine-tuning for product tagging.")
     sub = p.add_subparsers(dest="command", required=True)  # subparsers are _Parser too
     t = sub.add_parser("train", help="train a recipe (accelerate launch run_recipe.py RECIPE does the same)")
-    t.add_argument("recipe", help="recipe file, or a name under recipes/ (lora.yaml, jd-ner/lora.yaml)")
+    t.add_argument("recipe", help="recipe file, or a path under recipes/ (jd-ner/lora.yaml)")
     t.add_argument("overrides", nargs="*", default=[], help="key.sub=value overrides, e.g. training.lr=5e-4")
     t.set_defaults(func=_train)
     v = sub.add_parser("validate", help="check recipes as training would before its first step (backbone, target "

@@ -49,6 +49,11 @@ def test_without_a_hub_an_id_is_its_cached_snapshot_or_one_line_at_once(tmp_path
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", cached)
     assert backbones.resolve_backbone("org/cached") == str(tmp_path)
+    with pytest.raises(UserError, match=r"backbone.name: 'org/missing' is not .* HF_HUB_OFFLINE is set"):
+        backbones.resolve_backbone("org/missing")  # the tests run with HF_HUB_OFFLINE=1 (conftest)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     with pytest.raises(UserError, match=r"backbone.name: 'org/missing' is not .* cannot be reached"):
         backbones.resolve_backbone("org/missing")
 
