@@ -48,7 +48,8 @@ def _package_dir(module: str, pip: str) -> str:
     return spec.submodule_search_locations[0]
 
 
-def _file_hash(path: Path) -> str:
+def file_hash(path: Path) -> str:
+    """The first 16 hex digits of the file's sha256 (conversion cache keys, resume fingerprints)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -258,7 +259,7 @@ def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
 
 
 def _cached_conversion(name: str, alias: Alias, source: Path, cache_dir: Path) -> Path:
-    target = cache_dir / f"{name}-{_file_hash(source)}"
+    target = cache_dir / f"{name}-{file_hash(source)}"
     if (target / "config.json").is_file() and (target / ".complete").is_file():
         return target
     log.info("converting %s from %s (once; cached in %s)", name, source, target)

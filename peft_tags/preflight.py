@@ -222,6 +222,7 @@ def fingerprint(recipe) -> dict:
     """What a checkpoint must agree with to be resumed: recipe (less resume/overwrite), the data
     files' contents and the code."""
     from . import __version__
+    from .backbones import file_hash
     from .data import resolve_data_path
     from .recipe import recipe_to_dict
 
@@ -232,21 +233,13 @@ def fingerprint(recipe) -> dict:
     for split in ("train", "dev", "test"):
         rel = getattr(recipe.data, split)
         if rel is not None:
-            hashes[split] = _file_hash(resolve_data_path(rel, recipe.data.root, key=f"data.{split}"))
+            hashes[split] = file_hash(resolve_data_path(rel, recipe.data.root, key=f"data.{split}"))
     return json.loads(json.dumps({"recipe": d, "data_hash": hashes,
                                   "code": {"version": __version__, "source": source_hash()}}))
 
 
 def fingerprint_hash(fp: dict) -> str:
     return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 _SOURCE_HASH: list[str] = []
