@@ -120,7 +120,7 @@ def run(out: Path, *, data_root: str | None, train: str, dev: str | None, test: 
     from peft_tags import owned
 
     owned.check_replaceable(out, "--out")  # replaces only an earlier output of this script
-    with owned.Staged(out, "stock-run") as tmp:
+    with owned.Staged(out, "stock-run", replace=True, key="--out") as tmp:
         model.save_pretrained(str(tmp))
         (tmp / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
     return metrics

@@ -88,7 +88,7 @@ def derive_tags(source: str, dest: str | Path, *, types=DEFAULT_TYPES, min_count
                 value_types[v].add(s.label)
 
     stats = {"source": str(source), "types": types, "min_count": min_count, "vocabulary": len(vocab), "splits": {}}
-    with owned.Staged(dest, "derive-tags") as tmp:
+    with owned.Staged(dest, "derive-tags", replace=overwrite) as tmp:
         for split, exs in examples.items():
             kept_total = oov_total = no_tag = 0
             oov = Counter()

@@ -106,7 +106,7 @@ def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False) -> Pa
         raise UserError(f"{dest}: no directory '{dest.parent}' to write into")
     model, recipe, backbone = merged_model(run_dir)
 
-    with owned.Staged(dest, "export") as tmp:
+    with owned.Staged(dest, "export", replace=overwrite) as tmp:
         model.save_pretrained(str(tmp / "model"))
         AutoTokenizer.from_pretrained(backbone).save_pretrained(str(tmp / "model"))
         shutil.copy2(run_dir / "head.safetensors", tmp / "head.safetensors")

@@ -10,15 +10,10 @@ directory (not a symbolic link) holding that marker, and never one of the protec
 a state that :func:`recover` finishes or rolls back when the next command for that
 destination starts, so a ``kill -9`` at any moment loses nothing and hides nothing.
 
-:class:`OutputLock` is an exclusive lock on an output (``<dir>.lock``, holding pid, host and
-start time); a second run on the same output fails at once with one line naming the holder.
-The lock is a ``flock`` on that file: the kernel drops it when its holder dies, so a stale
-lock file is recognised and taken over.
+The exclusive lock on an output (``<dir>.lock``) is :class:`peft_tags.lock.OutputLock`.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import re
@@ -170,6 +165,8 @@ def remove_owned(path: Path) -> bool:
 def _remove_marked(path: Path) -> None:
     """Delete a marked directory with its marker last: a removal killed part-way leaves a folder
     that is still marked, which the next command finishes removing."""
+    if read_marker(path) is None:
+        raise RuntimeError(f"refusing to delete '{path}': it has no {MARKER}")
     for entry in os.scandir(path):
         if entry.name != MARKER:
             if entry.is_dir(follow_symlinks=False):
@@ -181,7 +178,6 @@ def _remove_marked(path: Path) -> None:
     os.rmdir(path)
 
 
-# ----------------------------------------------------------------------------- lock
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -190,94 +186,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-class OutputLock:
-    """``with OutputLock(out, key):`` holds ``<out>.lock`` exclusively, or raises one UserError line."""
-
-    def __init__(self, out: Path, key: str = "output.dir"):
-        self.out, self.path = out, out.with_name(out.name + ".lock")
-        self.key, self.fd = key, None
-
-    def acquire(self) -> "OutputLock":
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"{self.key}: cannot create '{self.path.parent}': {e.strerror}") from None
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-                created = True
-            except FileExistsError:
-                try:
-                    fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW)
-                except FileNotFoundError:  # released between the two calls
-                    continue
-                except OSError as e:
-                    raise UserError(f"{self.key}: cannot open the lock file '{self.path}': {e.strerror}") from None
-                created = False
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                holder = _describe_holder(fd)
-                os.close(fd)
-                if e.errno in (errno.EAGAIN, errno.EACCES):
-                    raise UserError(f"{self.key}: '{self.out}' is in use by another run ({holder}; lock file "
-                                    f"{self.path})") from None
-                raise
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:  # the holder released (and removed) it while we waited: try again
-                os.close(fd)
-                continue
-            if not created and not _is_lock_file(fd):
-                os.close(fd)
-                raise UserError(f"{self.key}: '{self.path}' exists and is not a peft-tags lock file; "
-                                "it is left as it is: move it away or choose another output directory")
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps({"format": "peft-tags-lock/1", "pid": os.getpid(), "host": socket.gethostname(),
-                                      "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode(), 0)
-            os.fsync(fd)
-            self.fd = fd
-            return self
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        os.close(self.fd)
-        self.fd = None
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
-
-
-def _read_fd(fd: int) -> bytes:
-    return os.pread(fd, 4096, 0)
-
-
-def _is_lock_file(fd: int) -> bool:
-    try:
-        data = json.loads(_read_fd(fd) or b"null")
-    except ValueError:
-        return False
-    return isinstance(data, dict) and data.get("format") == "peft-tags-lock/1"
-
-
-def _describe_holder(fd: int) -> str:
-    try:
-        data = json.loads(_read_fd(fd))
-        return f"pid {data['pid']} on {data['host']}, since {data['since']}"
-    except (ValueError, KeyError, TypeError):
-        return "a process that is starting"
 
 
 # ----------------------------------------------------------------------------- staged directories
@@ -381,11 +289,15 @@ class Staged:
             ...write into tmp...
         # dest now holds it; an exception leaves dest as it was and removes tmp
 
-    The caller checks first that ``dest`` may be replaced (:func:`check_replaceable`).
+    The caller checks early that ``dest`` may be replaced (:func:`check_replaceable`); the swap
+    checks again, since a folder may appear at ``dest`` while the work is done: without
+    ``replace`` any folder there is left alone, with it only one peft-tags wrote is replaced.
     """
 
-    def __init__(self, dest: Path, kind: str, run_id: str | None = None, **marker):
+    def __init__(self, dest: Path, kind: str, run_id: str | None = None, replace: bool = False, key: str | None = None,
+                 **marker):
         self.dest, self.kind, self.id, self.marker = Path(dest), kind, run_id or new_id(), marker
+        self.replace, self.key = replace, key or str(dest)
         self.tmp = _stage_name(self.dest, "new", os.getpid())
 
     def __enter__(self) -> Path:
@@ -397,13 +309,19 @@ class Staged:
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        self.commit()
+        try:
+            if exc_type is None:
+                self.commit()
+        finally:
+            if os.path.lexists(self.tmp):  # not swapped in: an exception here or in the block
+                shutil.rmtree(self.tmp, ignore_errors=True)
         return False
 
     def commit(self) -> None:
+        if os.path.lexists(self.dest):
+            if not self.replace:
+                raise UserError(f"{self.key}: '{self.dest}' appeared while this was written; it is left as it is")
+            check_replaceable(self.dest, self.key)
         write_marker(self.tmp, self.kind, self.id, complete=True, **self.marker)
         fsync_tree(self.tmp)
         old = _stage_name(self.dest, "old", os.getpid())

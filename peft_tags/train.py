@@ -23,6 +23,7 @@ import torch
 from . import __version__, checkpoint, methods, owned, preflight
 from .card import model_card
 from .data import read_examples, resolve_data_path
+from .lock import OutputLock
 from .model import (HEAD_NAME, apply_method, build_token_classifier, check_max_length, is_head_param,
                     parameter_counts, quiet_transformers)
 from .precision import choose_precision
@@ -69,7 +70,7 @@ class TrainRun:
         _configure_logging(main)
         quiet_transformers()
         if main:
-            self.lock = owned.OutputLock(self.out).acquire()
+            self.lock = OutputLock(self.out).acquire()
             recovered = owned.recover(self.out)
             for line in recovered:
                 log.info("%s", line)
@@ -330,7 +331,7 @@ class TrainRun:
         if Path(resolved.backbone.name).expanduser().is_dir():
             resolved.backbone = dataclasses.replace(resolved.backbone, name=str(Path(resolved.backbone.name).expanduser().resolve()))
 
-        with owned.Staged(self.out, "run", self.state["run_id"],
+        with owned.Staged(self.out, "run", self.state["run_id"], replace=self.recipe.output.overwrite, key="output.dir",
                           fingerprint=preflight.fingerprint_hash(self.pre.fingerprint)) as tmp:
             if hasattr(model, "peft_config"):
                 model.peft_config["default"].base_model_name_or_path = self.recipe.backbone.name

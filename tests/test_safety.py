@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO, write_recipe
 from peft_tags import owned
 from peft_tags.cli import main as cli_main
+from peft_tags.lock import OutputLock
 from peft_tags.preflight import latest_checkpoint
 
 
@@ -139,7 +140,7 @@ def test_a_foreign_work_folder_is_refused_not_cleared(tmp_path, tiny_backbone, t
 # ----------------------------------------------------------------------------- lock
 def test_a_second_run_on_the_same_output_fails_fast_and_touches_nothing(tmp_path, tiny_backbone, toy_data, capsys):
     recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_data, tmp_path / "out", epochs=1)
-    with owned.OutputLock(tmp_path / "out"):  # the first run
+    with OutputLock(tmp_path / "out"):  # the first run
         before = snapshot(tmp_path)
         tick = time.perf_counter()
         assert cli_main(["train", str(recipe)]) == 2
@@ -266,6 +267,19 @@ def test_recover_removes_a_stage_killed_before_its_marker_was_in(tmp_path):
             (stage / ".peft-tags.json.tmp").write_text('{"format": "peft-tags-di')
     owned.recover(dest)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_a_folder_that_appears_at_the_destination_meanwhile_is_left_alone(replace, tmp_path, user_folder):
+    from peft_tags.errors import UserError
+
+    dest = tmp_path / "out"
+    with pytest.raises(UserError, match="left as it is" if not replace else "not written by peft-tags"):
+        with owned.Staged(dest, "run", replace=replace) as stage:
+            (stage / "f").write_text("new")
+            user_folder.rename(dest)  # a user's folder lands there while the run writes
+    assert (dest / "thesis.txt").read_text() == "years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 # ----------------------------------------------------------------------------- validate = the checks before step 1
