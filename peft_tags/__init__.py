@@ -6,7 +6,7 @@
 
 import logging as _logging
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # bitsandbytes warns on import that an optional kernel package is missing; its CPU path works
 # without it, and the line would stand out in every run's log
@@ -20,7 +20,7 @@ def __getattr__(name):
 
         return Tagger
     if name == "load_recipe":
-        from .recipe import load_recipe
+        from .config import load_recipe
 
         return load_recipe
     raise AttributeError(f"module 'peft_tags' has no attribute {name!r}")

@@ -1,20 +1,9 @@
 """The model card (README.md) of an output directory: what was trained, how well, and how to load it."""
 from __future__ import annotations
 
-from . import __version__, methods
-from .recipe import Recipe
-
-
-def _task_line(recipe: Recipe, m: dict) -> str:
-    t = recipe.task
-    if t.type == "multilabel":
-        th = m.get("thresholds", {})
-        return (f"multi-label tags ({m['tag_stats']['vocabulary']} in the vocabulary), {t.pooling} pooling, sigmoid per tag; "
-                f"decision: {th.get('rule', t.thresholds)} thresholds tuned on dev (global {th.get('global')}"
-                + (f"; asked for auto: held-out dev micro-F1 per-tag {th['held_out_dev']['per-tag']:.4f}, global "
-                   f"{th['held_out_dev']['global']:.4f}" if th.get("held_out_dev") else "") + ")"
-                + (f", at most {t.top_k} tags" if t.top_k else ""))
-    return f"character-span tagging (BIO), {t.slots} label slots per token"
+from . import methods, tasks
+from .version import __version__
+from .config import Recipe
 
 
 def model_card(recipe: Recipe, m: dict) -> str:
@@ -26,7 +15,7 @@ def model_card(recipe: Recipe, m: dict) -> str:
         f"Trained by peft-tags {__version__} from `{m['recipe']}` (resolved recipe: `recipe.yaml`).",
         "",
         "| | |", "|---|---|",
-        f"| task | {_task_line(recipe, m)} |",
+        f"| task | {tasks.get(recipe.task.type).card_line(recipe, m)} |",
         f"| data | train `{recipe.data.train}`, dev `{recipe.data.dev}`, test `{recipe.data.test}` |",
         f"| trainable parameters | adapter {p['adapter']:,} + backbone {p['backbone']:,} + head {p['head']:,} = {p['trainable']:,} ({p['trainable_pct']}% of {p['all']:,}) |",
         f"| test micro P / R / F1 | {test.get('micro_precision', float('nan')):.4f} / {test.get('micro_recall', float('nan')):.4f} / {test.get('micro_f1', float('nan')):.4f} |",

@@ -17,7 +17,7 @@ from .errors import UserError
 
 
 def _train(args) -> int:
-    from .recipe import load_recipe, resolve_recipe_path
+    from .config import load_recipe, resolve_recipe_path
 
     recipe = load_recipe(resolve_recipe_path(args.recipe), args.overrides)
     from .train import run
@@ -28,7 +28,7 @@ def _train(args) -> int:
 
 def _validate(args) -> int:
     from .preflight import check
-    from .recipe import load_recipe, resolve_recipe_path
+    from .config import load_recipe, resolve_recipe_path
 
     failed = 0
     for name in args.recipes:
@@ -46,7 +46,7 @@ def _validate(args) -> int:
 
 
 def _ls(args) -> int:
-    from .recipe import list_recipes
+    from .config import list_recipes
 
     rows = list_recipes()
     if not rows:
@@ -74,9 +74,7 @@ def _predict(args) -> int:
         raise UserError(f"--output: no directory '{Path(args.output).parent}' to write into")
     tagger = Tagger.load(args.output_dir)
     choices = {k: v for k, v in (("top_k", args.top_k), ("threshold", args.threshold)) if v is not None}
-    if choices and tagger.meta.get("task", "tagging") != "multilabel":
-        raise UserError(f"--{next(iter(choices)).replace('_', '-')}: only for multi-label runs; "
-                        f"'{args.output_dir}' is a {tagger.meta.get('task', 'tagging')} run")
+    tagger.task.check_options(**choices)
     results = tagger.tag(titles, batch_size=args.batch_size, **choices)
     if args.output:
         tmp = Path(args.output).with_name(Path(args.output).name + ".tmp")
@@ -89,7 +87,7 @@ def _predict(args) -> int:
     for title, tags in zip(titles, results):
         print(title)
         for t in tags:
-            print(f"  {t.tag}\t{t.score:.3f}" if hasattr(t, "score") else f"  {t.label}\t{t.text}\t{t.start}\t{t.end}")
+            print(f"  {t.line()}")
     return 0
 
 

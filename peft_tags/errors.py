@@ -21,3 +21,11 @@ def nearest(name: str, choices) -> str | None:
 
     found = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return found[0] if found else None
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (at most 300 characters), for a UserError that quotes it."""
+    text = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()).replace(":;", ":") or type(e).__name__
+    if isinstance(e, KeyError):
+        text = f"missing key {text}"
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -91,7 +91,7 @@ def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False) -> Pa
     from transformers import AutoTokenizer
 
     from .model import quiet_transformers
-    from .recipe import dump_recipe
+    from .config import dump_recipe
     from .rundir import check_run_dir
 
     quiet_transformers()

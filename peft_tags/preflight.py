@@ -200,7 +200,8 @@ def _first(e: Exception) -> str:
 # ----------------------------------------------------------------------------- data
 def load_data(recipe) -> dict:
     """Every split of the recipe, read and checked (logging of the reads is held back)."""
-    from .train import read_split
+    from . import tasks
+    from .data import read_split
 
     d = recipe.data
     data_log = logging.getLogger("peft_tags.data")
@@ -212,7 +213,7 @@ def load_data(recipe) -> dict:
         data_log.setLevel(before)
     train = data["train"]
     if not any(getattr(e, "spans", None) or getattr(e, "tags", None) for e in train):
-        raise UserError(f"data.train: '{d.train}' holds no {'tag' if recipe.task.type == 'multilabel' else 'span'} "
+        raise UserError(f"data.train: '{d.train}' holds no {tasks.get(recipe.task.type).unit} "
                         f"in any of its {len(train)} examples; there is nothing to learn")
     return data
 
@@ -221,10 +222,10 @@ def load_data(recipe) -> dict:
 def fingerprint(recipe) -> dict:
     """What a checkpoint must agree with to be resumed: recipe (less resume/overwrite), the data
     files' contents and the code."""
-    from . import __version__
+    from .version import __version__
     from .backbones import file_hash
     from .data import resolve_data_path
-    from .recipe import recipe_to_dict
+    from .config import recipe_to_dict
 
     d = recipe_to_dict(recipe)
     d["training"] = {k: v for k, v in d["training"].items() if k != "resume"}

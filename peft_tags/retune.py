@@ -1,4 +1,5 @@
-"""Decide again how a trained multi-label run turns scores into tags, without training again.
+"""Decide again how a trained run turns scores into tags, without training again (for tasks
+with a decision rule tuned on dev: ``Task.retune_keys``; the multi-label task's thresholds).
 
 ``peft-tags retune RUN [task.thresholds=auto] [task.min_tag_support=N] [task.top_k=K]``
 predicts dev and test with the run's model, tunes the thresholds on dev under the new rule
@@ -17,58 +18,62 @@ from pathlib import Path
 
 from .errors import UserError
 
-ALLOWED = ("task.thresholds", "task.min_tag_support", "task.top_k", "data.root", "data.dev", "data.test")
+#: keys retune takes besides the task's own ``retune_keys``
+DATA_KEYS = ("data.root", "data.dev", "data.test")
 
 
 def retune(run: str | os.PathLike, overrides: list[str] = (), batch_size: int = 64) -> dict:
     """Re-tune and re-score ``run`` under ``overrides``; returns the new metrics."""
-    from .predict import Tagger
-    from .recipe import dump_recipe, load_recipe
-    from .rundir import check_run_dir, read_json
-    from .tasks import MultiLabelTask
-    from .tasks.multilabel import predict_probs
+    from . import tasks
     from .card import model_card
-    from .train import read_split
+    from .config import dump_recipe, load_recipe
+    from .data import read_split
+    from .predict import Tagger
+    from .rundir import check_run_dir, read_json
 
     run = Path(run)
     for name in ("labels.json", "metrics.json", "recipe.yaml"):
         if not (run / name).is_file():
             raise UserError(f"{run}: not a trained output directory (no {name})")
-    for item in overrides:
-        key = item.split("=", 1)[0].strip()
-        if "=" not in item or key not in ALLOWED:
-            raise UserError(f"'{item}': retune takes KEY=VALUE with KEY one of {', '.join(ALLOWED)}")
     _, meta = check_run_dir(run)
     old = read_json(run / "metrics.json")
-    if meta.get("task", "tagging") != "multilabel":
-        raise UserError(f"{run}: a {meta.get('task', 'tagging')} run; only multi-label runs have thresholds to tune")
+    task_cls = tasks.get(tasks.task_of(meta))
+    if not task_cls.retune_keys:
+        able = [n for n in tasks.names() if tasks.get(n).retune_keys]
+        raise UserError(f"{run}: a {task_cls.name} run; it has no decision rule to tune again (runs of task "
+                        f"{', '.join(able)} have)")
+    allowed = [f"task.{k}" for k in task_cls.retune_keys] + list(DATA_KEYS)
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if "=" not in item or key not in allowed:
+            raise UserError(f"'{item}': retune takes KEY=VALUE with KEY one of {', '.join(allowed)}")
     recipe = load_recipe(run / "recipe.yaml", list(overrides))
     d = recipe.data
     if d.dev is None:
-        raise UserError("data.dev: the thresholds are tuned on dev; give a dev file")
+        raise UserError("data.dev: the decision rule is tuned on dev; give a dev file")
 
     clf = Tagger.load(run)
-    task = MultiLabelTask.for_codec(recipe, clf.codec)
+    task = task_cls.for_codec(recipe, clf.codec)
     results = {}
     tick = time.perf_counter()
     for split in ("dev", "test"):  # dev first: it sets the thresholds test is decided by
         if getattr(d, split) is None:
             continue
         examples = read_split(d, split)
-        probs = predict_probs(clf.model, clf.codec, clf.codec.encode([e.text for e in examples]), batch_size, clf.device)
-        results[split] = task.score(split, list(probs), examples, final=True)
+        predictions = task.predict(clf.model, examples, clf.codec.encode([e.text for e in examples]), batch_size, clf.device)
+        results[split] = task.score(split, predictions, examples, final=True)
     seconds = time.perf_counter() - tick
 
     metrics = {k: v for k, v in old.items() if not k.startswith(("dev_", "test_"))}
     metrics.update({f"{split}_micro_f1": r["micro_f1"] for split, r in results.items()})
     metrics.update({f"{split}_macro_f1": r["macro_f1"] for split, r in results.items()})
     metrics["scores"] = {split: {k: v for k, v in r.items() if k != "report"} for split, r in results.items()}
-    metrics["thresholds"] = task.metrics()["thresholds"]
+    metrics.update(task.retuned_metrics())
     metrics["retuned"] = old.get("retuned", []) + [{
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "overrides": list(overrides),
         "before": {"thresholds": old.get("thresholds"), "test_micro_f1": old.get("test_micro_f1")},
         "seconds": round(seconds, 2)}]
-    meta["thresholds"] = task.thresholds()
+    meta.update(task.retuned_meta())
 
     # everything is computed: write the small files aside, then swap each one in whole
     stage = run / f".retune-{os.getpid()}"

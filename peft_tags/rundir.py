@@ -14,7 +14,9 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, one_line
+from .statefile import tensor_shapes
+from .tasks import is_int, task_of
 
 OUTPUT_FILES = ("labels.json", "recipe.yaml", "head.safetensors")
 #: what a method saves besides the head (``Method.saves``) -> the files that must be there
@@ -26,7 +28,7 @@ LORA_KEY = re.compile(r"(?:base_model\.model\.)?(.*)\.lora_(?:embedding_)?([ABE]
 def check_run_dir(path: str | Path) -> tuple:
     """(recipe, labels.json) of the output directory ``path``, once its files make sense."""
     from .model import HEAD_NAME
-    from .recipe import RecipeError, load_recipe
+    from .config import RecipeError, load_recipe
 
     out = Path(path)
     if not out.is_dir():
@@ -48,8 +50,8 @@ def check_run_dir(path: str | Path) -> tuple:
     if missing:
         raise UserError(f"{out}: incomplete output of method '{method}' (missing {', '.join(missing)})")
     meta = _check_labels(out / "labels.json")
-    if meta.get("task", "tagging") != recipe.task.type:
-        raise UserError(f"{out / 'labels.json'}: a {meta.get('task', 'tagging')} run, but recipe.yaml says "
+    if task_of(meta) != recipe.task.type:
+        raise UserError(f"{out / 'labels.json'}: a {task_of(meta)} run, but recipe.yaml says "
                         f"task.type {recipe.task.type}")
     n = meta["num_outputs"]
     head = out / "head.safetensors"
@@ -86,7 +88,7 @@ def loading(what):
     except (RuntimeError, ValueError, KeyError, IndexError, TypeError, OSError, EOFError, SafetensorError) as e:
         if type(e).__name__ == "OutOfMemoryError":
             raise
-        raise UserError(f"{what}: cannot be loaded: {_one_line(e)}") from None
+        raise UserError(f"{what}: cannot be loaded: {one_line(e)}") from None
 
 
 def read_json(path: Path, kind: type = dict):
@@ -103,39 +105,6 @@ def read_json(path: Path, kind: type = dict):
         raise UserError(f"{path}: expected a JSON {'object' if kind is dict else kind.__name__}, "
                         f"got {type(value).__name__}")
     return value
-
-
-def tensor_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor name -> shape, from the header of the safetensors file ``path``; UserError when it is
-    not one, or its size disagrees with the header (truncated, or data appended)."""
-    from safetensors import safe_open
-
-    size = n = 0
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n)) if 8 + n <= size else None
-    except (OSError, ValueError):
-        header = None
-    if size < 8 or not isinstance(header, dict):
-        raise UserError(f"{path}: not a safetensors file ({'empty' if size == 0 else 'no valid header'}; "
-                        "truncated or damaged)")
-    try:
-        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-        shapes = {k: [int(d) for d in v["shape"]] for k, v in tensors.items()}
-        end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
-    except (TypeError, KeyError, IndexError, ValueError, AttributeError):
-        raise UserError(f"{path}: damaged safetensors header") from None
-    if size != 8 + n + end:
-        raise UserError(f"{path}: {size} bytes, but its header describes {8 + n + end}; "
-                        "the file is truncated or damaged")
-    try:
-        with safe_open(str(path), framework="pt"):
-            pass
-    except Exception as e:  # noqa: BLE001 - safetensors' own checks of the header
-        raise UserError(f"{path}: not a valid safetensors file: {_one_line(e)}") from None
-    return shapes
 
 
 def same_backbone(a: str, b: str) -> bool:
@@ -155,30 +124,10 @@ def same_backbone(a: str, b: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _one_line(e: BaseException) -> str:
-    text = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()).replace(":;", ":") or type(e).__name__
-    if isinstance(e, KeyError):
-        text = f"missing key {text}"
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _is_int(v, lo: int = 1, hi: int | None = None) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi)
-
-
-def _is_prob(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0
-
-
-def _names(v) -> bool:
-    """A list of distinct non-empty strings."""
-    return isinstance(v, list) and all(isinstance(x, str) and x for x in v) and len(set(v)) == len(v)
-
-
 def _check_labels(path: Path) -> dict:
     """labels.json, with the keys its task needs, of sane types and consistent sizes."""
     meta = read_json(path)
-    task = meta.get("task", "tagging")
+    task = task_of(meta)
 
     def need(key, ok, what):
         if key not in meta:
@@ -186,33 +135,13 @@ def _check_labels(path: Path) -> dict:
         if not ok(meta[key]):
             raise UserError(f"{path}: '{key}' must be {what}, got {json.dumps(meta[key], ensure_ascii=False)[:60]}")
 
-    if task == "tagging":
-        need("types", _names, "a list of distinct span types")
-        need("slots", lambda v: _is_int(v, 1, 16), "an integer in [1, 16]")
-        expected = meta["slots"] * (1 + 2 * len(meta["types"]))
-    elif task == "multilabel":
-        need("tags", lambda v: _names(v) and v, "a non-empty list of distinct tags")
-        need("pooling", lambda v: v in ("mean", "first"), "mean or first")
-        need("thresholds", lambda v: isinstance(v, dict), "an object")
-        th = meta["thresholds"]
-        if th.get("rule") not in ("per-tag", "global"):
-            raise UserError(f"{path}: 'thresholds.rule' must be per-tag or global, got {th.get('rule')!r}")
-        if not _is_prob(th.get("global")):
-            raise UserError(f"{path}: 'thresholds.global' must be a number in [0, 1], got {th.get('global')!r}")
-        per_tag = th.get("per_tag")
-        if th["rule"] == "per-tag" or per_tag is not None:
-            bad = next((t for t in meta["tags"] if not isinstance(per_tag, dict) or not _is_prob(per_tag.get(t))), None)
-            if bad is not None:
-                raise UserError(f"{path}: 'thresholds.per_tag' must hold a number in [0, 1] for every tag "
-                                f"(not for '{bad}')")
-        if th.get("top_k") is not None and not _is_int(th["top_k"]):
-            raise UserError(f"{path}: 'thresholds.top_k' must be null or an integer >= 1, got {th['top_k']!r}")
-        expected = len(meta["tags"])
-    else:
-        raise UserError(f"{path}: 'task' must be tagging or multilabel, got {task!r}")
-    need("max_length", _is_int, "an integer >= 1")
-    need("num_outputs", lambda v: _is_int(v) and v == expected,
-         f"{expected} (from the {'types and slots' if task == 'tagging' else 'tags'})")
+    from . import tasks
+
+    if task not in tasks.REGISTRY:
+        raise UserError(f"{path}: 'task' must be one of {', '.join(tasks.names())}, got {task!r}")
+    expected = tasks.get(task).check_meta(meta, need, path)
+    need("max_length", is_int, "an integer >= 1")
+    need("num_outputs", lambda v: is_int(v) and v == expected, f"{expected} (from the task's labels)")
     return meta
 
 
@@ -229,7 +158,7 @@ def _check_adapter(out: Path, config: dict, weights: dict[str, list[int]], backb
     if kind not in ("LORA", "ADALORA"):
         return
     rank_key = "r" if kind == "LORA" else "init_r"
-    if not _is_int(config.get(rank_key)):
+    if not is_int(config.get(rank_key)):
         raise UserError(f"{path}: '{rank_key}' must be an integer >= 1, got {config.get(rank_key)!r}")
     pattern = config.get("rank_pattern") or {}
     ranks: dict[str, set] = {}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import UserError, one_line
 
 FORMAT = "peft-tags-state/1"
 
@@ -109,7 +109,6 @@ def load_state(path: str | Path, what: str = "checkpoint"):
 def check_state(path: str | Path, what: str = "checkpoint") -> None:
     """Check what :func:`load_state` would read without reading the tensors: the JSON parses, the
     safetensors file is whole, and every tensor the JSON names is in it. One UserError line if not."""
-    from .rundir import tensor_shapes
 
     path = Path(path)
     st, js = path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
@@ -147,3 +146,36 @@ def fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape, from the header of the safetensors file ``path``; UserError when it is
+    not one, or its size disagrees with the header (truncated, or data appended)."""
+    from safetensors import safe_open
+
+    size = n = 0
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n)) if 8 + n <= size else None
+    except (OSError, ValueError):
+        header = None
+    if size < 8 or not isinstance(header, dict):
+        raise UserError(f"{path}: not a safetensors file ({'empty' if size == 0 else 'no valid header'}; "
+                        "truncated or damaged)")
+    try:
+        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+        shapes = {k: [int(d) for d in v["shape"]] for k, v in tensors.items()}
+        end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
+    except (TypeError, KeyError, IndexError, ValueError, AttributeError):
+        raise UserError(f"{path}: damaged safetensors header") from None
+    if size != 8 + n + end:
+        raise UserError(f"{path}: {size} bytes, but its header describes {8 + n + end}; "
+                        "the file is truncated or damaged")
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except Exception as e:  # noqa: BLE001 - safetensors' own checks of the header
+        raise UserError(f"{path}: not a valid safetensors file: {one_line(e)}") from None
+    return shapes

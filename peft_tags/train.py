@@ -20,15 +20,15 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, checkpoint, methods, owned, preflight
+from . import checkpoint, methods, owned, preflight
+from .version import __version__
 from .card import model_card
-from .data import read_examples, resolve_data_path
 from .lock import OutputLock
 from .model import (HEAD_NAME, apply_method, build_token_classifier, check_max_length, is_head_param,
                     parameter_counts, quiet_transformers)
 from .precision import choose_precision
 from .predict import head_module
-from .recipe import Recipe, dump_recipe, recipe_to_dict
+from .config import Recipe, dump_recipe, recipe_to_dict
 from .sampler import LengthBucketBatches, fenced_batches
 from .tasks import make_task
 
@@ -43,13 +43,6 @@ def peak_memory_mb() -> float:
 
 
 # ----------------------------------------------------------------------------- the run
-def read_split(d, split: str) -> list:
-    """The examples of one split of a recipe's ``data`` section, read as training reads them."""
-    path = resolve_data_path(getattr(d, split), d.root, key=f"data.{split}")
-    return read_examples(path, d.format, fullwidth_to_halfwidth=d.fullwidth_to_halfwidth, lowercase=d.lowercase,
-                         max_examples=getattr(d, f"max_{split}_examples"))
-
-
 class TrainRun:
     def __init__(self, recipe: Recipe):
         self.recipe = recipe

@@ -15,7 +15,7 @@ FIRST_LOSSES = [2.077491, 2.042551, 2.021025, 1.857811, 1.853327, 1.761831]
 
 
 def test_the_first_six_losses_of_a_tiny_lora_run_are_unchanged(tmp_path, tiny_backbone, toy_data, monkeypatch):
-    from peft_tags.tasks import TaggingTask
+    from peft_tags.tasks.tagging import TaggingTask
 
     seen = []
     loss = TaggingTask.loss

@@ -44,13 +44,14 @@ def test_a_learnable_toy_set_reaches_high_f1(ml_run):
 
 
 def test_thresholds_round_trip_into_predict(ml_run, toy_tags):
-    from peft_tags.predict import TagClassifier, Tagger
+    from peft_tags.predict import Tagger
+    from peft_tags.tasks.multilabel import MultiLabelTask
 
     meta = json.loads((ml_run / "labels.json").read_text())
     th = meta["thresholds"]
     assert th["rule"] == "per-tag" and set(th["per_tag"]) == set(meta["tags"]) and 0 < th["global"] < 1
     tagger = Tagger.load(ml_run)
-    assert isinstance(tagger, TagClassifier)
+    assert tagger.task is MultiLabelTask
     titles = ["华为黑色硅胶手机壳", "小米白色支架", "得力笔记本"]
     got = tagger.tag(titles)
     # the same decisions by hand from the probabilities and the saved thresholds
@@ -249,11 +250,12 @@ def test_a_training_set_without_tags_is_an_error(tmp_path, tiny_backbone, toy_ta
 
 def test_export_merges_and_keeps_the_decision_rule(ml_run, tmp_path):
     from peft_tags.export import export
-    from peft_tags.predict import TagClassifier, Tagger
+    from peft_tags.predict import Tagger
+    from peft_tags.tasks.multilabel import MultiLabelTask
 
     dest = export(ml_run, tmp_path / "merged")
     merged = Tagger.load(dest)
-    assert isinstance(merged, TagClassifier) and merged.meta["thresholds"] == Tagger.load(ml_run).meta["thresholds"]
+    assert merged.task is MultiLabelTask and merged.meta["thresholds"] == Tagger.load(ml_run).meta["thresholds"]
     titles = ["华为黑色硅胶手机壳", "小米白色支架", "得力笔记本", "晨光红色金属保护套"]
     a, b = Tagger.load(ml_run).tag(titles), merged.tag(titles)
     assert [[t.tag for t in ts] for ts in a] == [[t.tag for t in ts] for ts in b]
@@ -265,7 +267,7 @@ def test_cli_predict_choices(ml_run, lora_tagging_run, capsys):
     assert cli_main(["predict", str(ml_run), "华为黑色硅胶手机壳", "--top-k", "1", "--threshold", "0.01"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2  # the title and one tag
     assert cli_main(["predict", str(lora_tagging_run), "华为黑色", "--top-k", "1"]) == 2
-    assert "--top-k: only for multi-label runs" in capsys.readouterr().err
+    assert "--top-k: not an option of tagging runs" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -329,7 +331,7 @@ def test_retune_mistakes(ml_run, tmp_path, capsys, args, message):
 
 def test_retune_refuses_tagging_runs_and_non_runs(lora_tagging_run, tmp_path, capsys):
     assert cli_main(["retune", str(lora_tagging_run)]) == 2
-    assert "a tagging run; only multi-label runs have thresholds to tune" in capsys.readouterr().err
+    assert "a tagging run; it has no decision rule to tune again (runs of task multilabel have)" in capsys.readouterr().err
     assert cli_main(["retune", str(tmp_path)]) == 2
     assert "not a trained output directory (no labels.json)" in capsys.readouterr().err
 

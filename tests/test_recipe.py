@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 from peft_tags import recipe as recipe_mod
+from peft_tags.config import discovery
 from peft_tags.errors import UserError
 from peft_tags.methods.lora import LoraOptions
 from peft_tags.recipe import (
@@ -320,7 +321,7 @@ def test_resolve_bare_name_and_suffix(tmp_path, monkeypatch):
     write(tmp_path, MINIMAL, name="recipes/jd-ner/lora.yaml")
     write(tmp_path, MINIMAL, name="recipes/jd-ner/full.yaml")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(recipe_mod, "REPO_RECIPES", tmp_path / "no-such-dir")
+    monkeypatch.setattr(discovery, "REPO_RECIPES", tmp_path / "no-such-dir")
     assert resolve_recipe_path("lora.yaml").resolve() == (tmp_path / "recipes/jd-ner/lora.yaml").resolve()
     assert resolve_recipe_path("jd-ner/full.yaml").name == "full.yaml"
     assert resolve_recipe_path("jd-ner/full").name == "full.yaml"  # extension optional
@@ -337,7 +338,7 @@ def test_resolve_ambiguous_lists_candidates(tmp_path):
 def test_resolve_missing_suggests_nearest(tmp_path, monkeypatch):
     write(tmp_path, MINIMAL, name="recipes/jd-ner/lora.yaml")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(recipe_mod, "REPO_RECIPES", tmp_path / "no-such-dir")
+    monkeypatch.setattr(discovery, "REPO_RECIPES", tmp_path / "no-such-dir")
     with pytest.raises(UserError, match=re.escape(
             "no recipe 'lora.yml' (not a file; not found under recipes/) (did you mean 'jd-ner/lora.yaml'?)")):
         resolve_recipe_path("lora.yml")
@@ -380,3 +381,18 @@ def test_recipe_module_does_not_import_torch():
     code = "import sys, peft_tags.recipe; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_run_written_before_tasks_had_sections_still_loads(tmp_path):
+    # resolved recipes of earlier versions list every task's keys under task:
+    old_task = ("task:\n  type: tagging\n  slots: 4\n  pooling: mean\n  pos_weight: none\n  pos_weight_cap: 50.0\n"
+                "  thresholds: auto\n  min_tag_support: 5\n  head_bias: auto\n  top_k: null\n")
+    body = MINIMAL  # no task section of its own
+    resolved = tmp_path / "recipe.yaml"
+    resolved.write_text("# Resolved peft-tags recipe (every default filled in), written by peft-tags 0.1.0\n"
+                        + textwrap.dedent(body) + old_task, encoding="utf-8")
+    assert load_recipe(resolved).task.slots == 4
+    mine = tmp_path / "mine.yaml"  # a recipe a user wrote gets no such leniency
+    mine.write_text(textwrap.dedent(body) + old_task, encoding="utf-8")
+    with pytest.raises(RecipeError, match=r"unknown key 'task\.pooling'"):
+        load_recipe(mine)

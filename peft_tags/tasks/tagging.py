@@ -1,261 +1,166 @@
 """Task `tagging`: character-exact span extraction with a token-classification head.
 
-Titles are tokenized whole (about 0.76 tokens per character on Chinese titles with
-me5-small), not one character at a time (2 tokens per character with
-``is_split_into_words``). A token can hold several characters, and a gold span boundary can
-fall inside one (2.4% of boundaries on jd-ner test). So the head gives every token ``slots``
-label distributions, one per character position inside the token: character j of a token
-is labelled by slot min(j, slots - 1). The head is an ordinary ``Linear(hidden, slots x
-labels)``, so the model stays a stock ``AutoModelForTokenClassification`` and the adapter
-loads with plain ``PeftModel.from_pretrained``.
-
-Characters past the last slot share it: they continue its span (I-) or stay outside (O).
-:func:`TaggingCodec.alignment_stats` counts the gold spans that this encoding (and
-truncation at ``max_length``) cannot represent.
+The codec (titles and spans <-> per-token label slots, Viterbi decoding) is in :mod:`.slots`;
+this module is the task: its recipe options, data formats, loss, prediction, scores, model-card
+line and ``labels.json``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from ..data import Example, Span
-
-IGNORE = -100
-
-
-def bio_labels(types: list[str]) -> list[str]:
-    """Label vocabulary: O, then B-/I- per type in the given order."""
-    return ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
+from ..config.validate import opt
+from . import Task, TaskOptions, distinct_names, is_int, log, register
+from .slots import (  # noqa: F401  (the codec's names, importable from the task)
+    IGNORE, Encoded, TaggingCodec, bio_labels, char_labels_to_spans, collate, loss_fn, pad_ids, spans_to_char_labels,
+    viterbi)
 
 
-def spans_to_char_labels(n_chars: int, spans: list[Span], label_index: dict[str, int]) -> np.ndarray:
-    out = np.zeros(n_chars, dtype=np.int64)  # 0 = O
-    for s in spans:
-        b, i = label_index.get(f"B-{s.label}"), label_index.get(f"I-{s.label}")
-        if b is None:  # a type unseen in training: it stays O (counted by the caller)
-            continue
-        out[s.start] = b
-        out[s.start + 1 : s.end] = i
+@dataclass(kw_only=True)
+class TaggingOptions(TaskOptions):
+    slots: int = opt(4, "how many characters one token can label (1..16)", ge=1, le=16)
+
+
+@dataclass(frozen=True)
+class Tag:
+    """A span found in a title: its type, its text and its character offsets (end exclusive)."""
+
+    label: str
+    text: str
+    start: int
+    end: int
+
+    def as_dict(self) -> dict:
+        return {"label": self.label, "text": self.text, "start": self.start, "end": self.end}
+
+    def line(self) -> str:
+        return f"{self.label}\t{self.text}\t{self.start}\t{self.end}"
+
+
+def predict_log_probs(model, codec: TaggingCodec, encoded: list[Encoded], batch_size: int, device) -> list[np.ndarray]:
+    """Log-probabilities [n_tokens, slots, labels] for each encoded title; batches sorted by length."""
+    import torch
+
+    from ..model import token_logits
+
+    model.eval()
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    out: list[np.ndarray | None] = [None] * len(encoded)
+    pad = codec.tokenizer.pad_token_id
+    n_labels = len(codec.labels)
+    with torch.no_grad():
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            batch = collate([Encoded(encoded[i].input_ids, encoded[i].char_token, encoded[i].char_slot, None)
+                             for i in idx], pad)
+            input_ids = batch["input_ids"].to(device)
+            logits = token_logits(model(input_ids=input_ids, attention_mask=batch["attention_mask"].to(device)).logits,
+                                  input_ids)
+            lp = torch.log_softmax(logits.float().reshape(*logits.shape[:2], codec.slots, n_labels), -1).cpu().numpy()
+            for row, i in enumerate(idx):
+                out[i] = lp[row, : len(encoded[i].input_ids)]
     return out
 
 
-def char_labels_to_spans(labels: list[str]) -> list[Span]:
-    """BIO decoding; an I- that does not continue its type opens a new span."""
-    spans, start, kind = [], None, None
-    for i, lab in enumerate(labels + ["O"]):
-        prefix, _, t = lab.partition("-")
-        if prefix == "I" and kind == t:
-            continue
-        if kind is not None:
-            spans.append(Span(start, i, kind))
-            start = kind = None
-        if prefix in ("B", "I"):
-            start, kind = i, t
-    return spans
+@register
+class TaggingTask(Task):
+    name = "tagging"
+    options_cls = TaggingOptions
+    formats = ("conll", "jsonl", "attribute-value")
+    unit = "span"
+    help = "character spans (BIO), scored by span micro-F1"
 
+    # ------------------------------------------------------------------ recipe side
+    @classmethod
+    def card_line(cls, recipe, metrics: dict) -> str:
+        return f"character-span tagging (BIO), {recipe.task.slots} label slots per token"
 
-@dataclass
-class Encoded:
-    input_ids: list[int]
-    char_token: np.ndarray  # [n_chars] token index of each character, -1 when truncated away
-    char_slot: np.ndarray  # [n_chars] slot inside that token
-    labels: np.ndarray | None  # [n_tokens, slots] label ids, IGNORE where no character
+    @classmethod
+    def check_meta(cls, meta: dict, need, path) -> int:
 
+        need("types", distinct_names, "a list of distinct span types")
+        need("slots", lambda v: is_int(v, 1, 16), "an integer in [1, 16]")
+        return meta["slots"] * (1 + 2 * len(meta["types"]))
 
-class TaggingCodec:
-    """Maps titles and spans to model inputs and targets, and logits back to spans."""
+    @classmethod
+    def codec_from_meta(cls, tokenizer, meta: dict) -> TaggingCodec:
+        return TaggingCodec(tokenizer, meta["types"], meta["slots"], meta["max_length"])
 
-    def __init__(self, tokenizer, types: list[str], slots: int, max_length: int):
-        self.tokenizer = tokenizer
-        self.types = list(types)
-        self.labels = bio_labels(self.types)
-        self.label_index = {lab: i for i, lab in enumerate(self.labels)}
-        self.slots = slots
-        self.max_length = max_length
-        # BIO continuation: the I- label for each label (O stays O), used past the last slot
-        self._continue = np.array(
-            [0] + [self.label_index[f"I-{lab[2:]}"] for lab in self.labels[1:]], dtype=np.int64
-        )
+    @classmethod
+    def tag(cls, predictor, titles: list[str], normalized: list[str], batch_size: int, **options) -> list[list[Tag]]:
+        """Spans of each title. Characters past ``backbone.max_length`` tokens are not tagged (a
+        warning says how many titles were cut)."""
+        codec = predictor.codec
+        encoded = codec.encode(normalized)
+        cut = sum(bool((e.char_token < 0).any()) for e in encoded)
+        if cut:
+            log.warning("%d of %d titles are longer than %d tokens; their ends are not tagged", cut, len(titles),
+                        codec.max_length)
+        scores = predict_log_probs(predictor.model, codec, encoded, batch_size, predictor.device)
+        spans = [codec.decode(t, e, log_probs=lp) for t, e, lp in zip(normalized, encoded, scores)]
+        return [[Tag(s.label, title[s.start : s.end], s.start, s.end) for s in ss] for title, ss in zip(titles, spans)]
 
-    @property
-    def num_outputs(self) -> int:
-        return self.slots * len(self.labels)
+    # ------------------------------------------------------------------ training side
+    def __init__(self, recipe, tokenizer, train_examples):
+        from ..data import label_set
 
-    def encode(self, texts: list[str], examples: list[Example] | None = None) -> list[Encoded]:
-        enc = self.tokenizer(
-            texts, truncation=True, max_length=self.max_length, return_offsets_mapping=True
-        )
-        out = []
-        for k, text in enumerate(texts):
-            ids, offsets = enc["input_ids"][k], enc["offset_mapping"][k]
-            char_token = np.full(len(text), -1, dtype=np.int64)
-            for t, (s, e) in enumerate(offsets):
-                if e > s:  # special tokens and a bare '▁' cover nothing; later tokens win
-                    char_token[s:e] = t
-            _fill_gaps(char_token, text)
-            char_slot = _slots_of(char_token, self.slots)
-            labels = None
-            if examples is not None:
-                char_labels = spans_to_char_labels(len(text), examples[k].spans, self.label_index)
-                labels = np.full((len(ids), self.slots), IGNORE, dtype=np.int64)
-                keep = char_token >= 0
-                # reversed so that the first character of a shared last slot sets its label
-                for c in np.nonzero(keep)[0][::-1]:
-                    labels[char_token[c], char_slot[c]] = char_labels[c]
-            out.append(Encoded(ids, char_token, char_slot, labels))
-        return out
+        super().__init__(recipe, tokenizer, train_examples)
+        self.codec = TaggingCodec(tokenizer, label_set(train_examples), recipe.task.slots, recipe.backbone.max_length)
+        self.stats: dict = {}
 
-    def decode(self, text: str, enc: Encoded, label_ids: np.ndarray | None = None,
-               log_probs: np.ndarray | None = None) -> list[Span]:
-        """Character spans from ``label_ids`` [n_tokens, slots] (argmax) or from
-        ``log_probs`` [n_tokens, slots, labels] (the best valid BIO sequence, by Viterbi)."""
-        n = len(text)
-        char_ids = np.zeros(n, dtype=np.int64)
-        keep = enc.char_token >= 0
-        shared = keep & _past_last_slot(enc.char_token, self.slots)
-        if log_probs is not None:
-            own = keep & ~shared
-            char_ids[own] = viterbi(log_probs[enc.char_token[own], enc.char_slot[own]], *self._bio_constraints())
-            # a character past the last slot continues the character before it
-            for i in np.nonzero(shared)[0]:
-                char_ids[i] = self._continue[char_ids[i - 1]]
-        else:
-            char_ids[keep] = label_ids[enc.char_token[keep], enc.char_slot[keep]]
-            # characters past the last slot of their token continue that slot's span
-            char_ids[shared] = self._continue[char_ids[shared]]
-        return char_labels_to_spans([self.labels[i] for i in char_ids])
+    def prior_bias(self, train_encoded) -> np.ndarray:
+        """Per slot, the log share of each label among the characters in that slot in train
+        (smoothed), laid out as the head's outputs: slot-major, one block of labels per slot."""
+        n = len(self.codec.labels)
+        counts = np.full((self.codec.slots, n), 0.5)
+        for e in train_encoded:
+            for s in range(self.codec.slots):
+                col = e.labels[:, s]
+                counts[s] += np.bincount(col[col != IGNORE], minlength=n)[:n]
+        return np.log(counts / counts.sum(1, keepdims=True)).reshape(-1).astype(np.float32)
 
-    def _bio_constraints(self) -> tuple[np.ndarray, np.ndarray]:
-        """(allowed[prev, cur], allowed_first[cur]): I-x only after B-x or I-x."""
-        if not hasattr(self, "_constraints"):
-            n = len(self.labels)
-            allowed = np.ones((n, n), dtype=bool)
-            first = np.ones(n, dtype=bool)
-            for cur, lab in enumerate(self.labels):
-                if lab.startswith("I-"):
-                    t = lab[2:]
-                    allowed[:, cur] = False
-                    allowed[self.label_index[f"B-{t}"], cur] = allowed[cur, cur] = True
-                    first[cur] = False
-            self._constraints = (allowed, first)
-        return self._constraints
+    def describe(self, data: dict, encoded: dict) -> None:
+        """Log and keep what the token alignment cannot represent, per scored split, and the gold
+        spans of types unseen in train (never predicted: they count as missed in recall)."""
+        for split, examples in data.items():
+            if split == "train":
+                continue
+            st = self.codec.alignment_stats([e.text for e in examples], examples, encoded[split])
+            unseen = [s.label for e in examples for s in e.spans if s.label not in self.codec.types]
+            st["spans_of_unseen_types"], st["unseen_types"] = len(unseen), sorted(set(unseen))
+            self.stats[split] = st
+            if unseen:
+                log.warning("%s spans of types unseen in train: %d (types %s); they count as missed", split,
+                            len(unseen), ", ".join(st["unseen_types"]))
+            log.info("%s: %d spans, %d (%.2f%%) lost to tokenization with %d slot(s) per token at %.3f tokens/char "
+                     "(one label per token: %.2f%% lost; one token per character: %.3f tokens/char)",
+                     split, st["spans"], st["spans_lost"], st["spans_lost_pct"], st["slots"], st["tokens_per_char"],
+                     st["one_label_per_token_spans_lost_pct"], st["one_token_per_char_tokens_per_char"])
 
-    def alignment_stats(self, texts: list[str], examples: list[Example], encoded: list[Encoded] | None = None) -> dict:
-        """How many gold spans survive encode -> decode (tokenization, slots, truncation),
-        beside what one label per token would lose and what one token per character costs.
-        ``encoded``: this codec's ``encode(texts, examples)``, when the caller has it already."""
-        lost, total, tokens = self._spans_lost(texts, examples, encoded)
-        one_slot = self if self.slots == 1 else TaggingCodec(self.tokenizer, self.types, 1, self.max_length)
-        lost_one, _, _ = one_slot._spans_lost(texts, examples)
-        char_split = self.tokenizer([list(t) for t in texts], is_split_into_words=True)["input_ids"]
-        chars = max(sum(len(t) for t in texts), 1)
-        return {
-            "spans": total,
-            "spans_lost": lost,
-            "spans_lost_pct": round(100.0 * lost / max(total, 1), 3),
-            "slots": self.slots,
-            "tokens_per_char": round(tokens / chars, 4),
-            "one_label_per_token_spans_lost_pct": round(100.0 * lost_one / max(total, 1), 3),
-            "one_token_per_char_tokens_per_char": round(sum(map(len, char_split)) / chars, 4),
-        }
+    def collate(self, batch, pad_id: int):
+        return collate(batch, pad_id)
 
-    def _spans_lost(self, texts: list[str], examples: list[Example],
-                    encoded: list[Encoded] | None = None) -> tuple[int, int, int]:
-        """(gold spans lost, gold spans, tokens) after encode -> decode of the gold labels."""
-        lost = total = tokens = 0
-        for text, ex, enc in zip(texts, examples, encoded or self.encode(texts, examples)):
-            gold = {s for s in ex.spans if f"B-{s.label}" in self.label_index}
-            labels = np.where(enc.labels == IGNORE, 0, enc.labels)
-            lost += len(gold - set(self.decode(text, enc, labels)))
-            total += len(gold)
-            tokens += len(enc.input_ids)
-        return lost, total, tokens
+    def loss(self, logits, batch: dict):
+        from ..model import token_logits
 
+        return loss_fn(token_logits(logits, batch["input_ids"]), batch["labels"], len(self.codec.labels))
 
-def viterbi(log_probs: np.ndarray, allowed: np.ndarray, allowed_first: np.ndarray) -> np.ndarray:
-    """The highest-scoring label sequence under the transition constraints.
+    def predict(self, model, examples, encoded, batch_size: int, device) -> list:
+        """The decoded spans of each example."""
+        scores = predict_log_probs(model, self.codec, encoded, batch_size, device)
+        return [self.codec.decode(ex.text, enc, log_probs=lp) for ex, enc, lp in zip(examples, encoded, scores)]
 
-    ``log_probs`` [n, labels]; returns label ids [n]."""
-    n = len(log_probs)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    penalty = np.where(allowed, 0.0, -np.inf)
-    score = np.where(allowed_first, log_probs[0], -np.inf)
-    back = np.zeros((n, log_probs.shape[1]), dtype=np.int64)
-    for i in range(1, n):
-        total = score[:, None] + penalty  # [prev, cur]
-        back[i] = total.argmax(0)
-        score = total.max(0) + log_probs[i]
-    out = np.empty(n, dtype=np.int64)
-    out[-1] = int(score.argmax())
-    for i in range(n - 1, 0, -1):
-        out[i - 1] = back[i, out[i]]
-    return out
+    def score(self, split: str, predictions: list, examples, final: bool) -> dict:
+        from ..metrics import span_f1
 
+        return span_f1(predictions, [e.spans for e in examples])
 
-def _fill_gaps(char_token: np.ndarray, text: str) -> None:
-    """Characters no token covers (spaces folded into '▁', dropped control characters)
-    belong to the next covered character's token, or the previous one at the end. Text cut
-    off by truncation (anything but blanks after the last token) stays at -1."""
-    n = len(char_token)
-    nxt = -1
-    last_covered = max((i for i in range(n) if char_token[i] >= 0), default=-1)
-    truncated = bool(text[last_covered + 1 :].strip())
-    for i in range(n - 1, -1, -1):
-        if char_token[i] >= 0:
-            nxt = char_token[i]
-        elif i < last_covered:
-            char_token[i] = nxt
-        elif not truncated and last_covered >= 0:
-            char_token[i] = char_token[last_covered]
+    def meta(self) -> dict:
+        c = self.codec
+        return {"task": self.name, "types": c.types, "labels": c.labels, "slots": c.slots, "max_length": c.max_length,
+                "num_outputs": c.num_outputs}
 
-
-def _positions_in_token(char_token: np.ndarray) -> np.ndarray:
-    """Index of each character inside its token (0 for the token's first character)."""
-    pos = np.zeros(len(char_token), dtype=np.int64)
-    for i in range(1, len(char_token)):
-        if char_token[i] >= 0 and char_token[i] == char_token[i - 1]:
-            pos[i] = pos[i - 1] + 1
-    return pos
-
-
-def _slots_of(char_token: np.ndarray, slots: int) -> np.ndarray:
-    return np.minimum(_positions_in_token(char_token), slots - 1)
-
-
-def _past_last_slot(char_token: np.ndarray, slots: int) -> np.ndarray:
-    """True for characters at position >= slots inside their token."""
-    return _positions_in_token(char_token) >= slots
-
-
-def pad_ids(id_lists: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """``input_ids`` and ``attention_mask``, padded to the longest title of the batch."""
-    width = max(len(ids) for ids in id_lists)
-    ids = torch.full((len(id_lists), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(id_lists), width), dtype=torch.long)
-    for i, row in enumerate(id_lists):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
-def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Dynamic padding to the longest title of the batch."""
-    out = pad_ids([e.input_ids for e in batch], pad_id)
-    if batch[0].labels is not None:
-        out["labels"] = torch.full((*out["input_ids"].shape, batch[0].labels.shape[1]), IGNORE, dtype=torch.long)
-        for i, e in enumerate(batch):
-            out["labels"][i, : len(e.input_ids)] = torch.from_numpy(e.labels)
-    return out
-
-
-def loss_fn(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> torch.Tensor:
-    """Cross-entropy over every (token, slot) that holds a character (0 for a batch of
-    empty titles, where the mean over no targets would be NaN)."""
-    if not (labels != IGNORE).any():
-        return logits.sum() * 0.0
-    return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, num_labels).float(), labels.reshape(-1), ignore_index=IGNORE
-    )
+    def metrics(self) -> dict:
+        return {"alignment": self.stats,
+                "spans_of_unseen_types": {k: v["spans_of_unseen_types"] for k, v in self.stats.items()}}

@@ -48,11 +48,12 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import UserError, nearest
+from ..errors import UserError, nearest
 
 log = logging.getLogger("peft_tags.data")
 
-FORMATS = ("conll", "jsonl", "attribute-value", "tags")
+#: data format -> (reader, kind): kind "spans" (Example) or "tags" (TagExample); see register_format
+FORMATS: dict[str, tuple] = {}
 DATA_ENV = "PEFT_TAGS_DATA"
 DEFAULT_DATA_ROOT = "../shared/data"
 
@@ -113,7 +114,7 @@ class ReadStats:
         return asdict(self)
 
     def summary(self) -> str:
-        if self.fmt == "tags":  # spans without offsets: one per tag of a title
+        if FORMATS[self.fmt][1] == "tags":  # spans without offsets: one per tag of a title
             s = f"{self.path}: {self.examples} examples, {self.spans} tags, {self.labels} distinct, {self.characters} characters"
         else:
             s = (
@@ -169,12 +170,12 @@ def resolve_data_path(rel: str | os.PathLike, root: str | os.PathLike | None = N
 # normalisation
 
 #: Unicode category Cc but tab and newline
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def check_title(text: str, where: str) -> str:
     """``text``, or a UserError naming ``where`` when it holds a control character."""
-    m = _CONTROL.search(text)
+    m = CONTROL.search(text)
     if m:
         raise UserError(f"{where}: the title holds control character U+{ord(m.group()):04X} at character "
                         f"{m.start() + 1}; remove it")
@@ -254,23 +255,17 @@ def read_examples_with_stats(
     path = str(path)
     stats = ReadStats(path=path, fmt=fmt)
     lines = _read_lines(path)
-    if fmt == "conll":
-        examples = _read_conll(path, lines, stats, max_examples, strict)
-    elif fmt == "jsonl":
-        examples = _read_jsonl(path, lines, max_examples)
-    elif fmt == "tags":
-        examples = _read_tags(path, lines, max_examples)
-    else:
-        examples = _read_attribute_value(path, lines, stats, max_examples)
+    read, kind = FORMATS[fmt]
+    examples = read(path, lines, stats, max_examples, strict)
     if not examples:
         raise UserError(f"{path}: no examples (the file is empty or has only blank lines)")
     for ex in examples:
         ex.text = normalize_text(ex.text, fullwidth_to_halfwidth, lowercase)
-        if fmt != "tags":
+        if kind == "spans":
             ex.spans.sort()
     stats.examples = len(examples)
     stats.characters = sum(len(ex.text) for ex in examples)
-    if fmt == "tags":  # "spans" and "labels" count tags and distinct tags
+    if kind == "tags":  # "spans" and "labels" count tags and distinct tags
         stats.spans = sum(len(ex.tags) for ex in examples)
         stats.labels = len(tag_set(examples))
     else:
@@ -308,84 +303,11 @@ def _read_lines(path: str) -> list[str]:
     return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
 
 
-_TAG_PREFIXES = ("B", "I", "E", "S")
-
-
-def _read_conll(path: str, lines: list[str], stats: ReadStats, max_examples, strict: bool) -> list[Example]:
-    examples: list[Example] = []
-    chars: list[str] = []
-    spans: list[Span] = []
-    first = 0
-    open_label: str | None = None  # type of the span still open (can be continued)
-    open_start = 0
-
-    def close(end: int) -> None:
-        nonlocal open_label
-        if open_label is not None:
-            spans.append(Span(open_start, end, open_label))
-            open_label = None
-
-    for lineno, line in enumerate(lines, 1):
-        if line == "":
-            if chars:
-                close(len(chars))
-                examples.append(Example("".join(chars), spans, f"{path}:{first}"))
-                chars, spans = [], []
-                if max_examples is not None and len(examples) >= max_examples:
-                    return examples
-            continue
-        if len(line) < 3 or line[1] != " ":
-            raise UserError(
-                f"{path}:{lineno}: expected '<char> <tag>' (one character, one space, the tag), "
-                f"got {line!r}"
-            )
-        if _CONTROL.match(line[0]):
-            raise UserError(f"{path}:{lineno}: the character is control character U+{ord(line[0]):04X}; "
-                            "remove the line")
-        if not chars:
-            first = lineno
-        tag = line[2:].rstrip(" \t")
-        i = len(chars)
-        chars.append(line[0])
-        if tag == "O":
-            close(i)
-            continue
-        prefix, dash, kind = tag.partition("-")
-        if not dash or prefix not in _TAG_PREFIXES or not kind:
-            raise UserError(
-                f"{path}:{lineno}: unknown tag {tag!r}; expected O or B-, I-, E-, S- followed by a type"
-            )
-        if prefix == "B":
-            close(i)
-            open_label, open_start = kind, i
-        elif prefix == "S":
-            close(i)
-            spans.append(Span(i, i + 1, kind))
-        else:  # I or E: must continue an open span of the same type
-            if open_label != kind:
-                if strict:
-                    was = f"a span of type {open_label}" if open_label is not None else "no open span"
-                    raise UserError(
-                        f"{path}:{lineno}: tag {tag} does not continue a span of type {kind} "
-                        f"(there is {was}); use B-{kind} to start one, or read with strict=False "
-                        f"to start a new span there"
-                    )
-                stats.repaired_tags += 1
-                close(i)
-                open_label, open_start = kind, i
-            if prefix == "E":
-                close(i + 1)
-    if chars:
-        close(len(chars))
-        examples.append(Example("".join(chars), spans, f"{path}:{first}"))
-    return examples
-
-
-def _is_int(v) -> bool:
+def is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _load_json_line(path: str, lineno: int, line: str) -> dict:
+def load_json_line(path: str, lineno: int, line: str) -> dict:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
@@ -395,14 +317,14 @@ def _load_json_line(path: str, lineno: int, line: str) -> dict:
     return obj
 
 
-def _json_objects(path: str, lines: list[str]):
+def json_objects(path: str, lines: list[str]):
     """``(where, object)`` for each non-blank line, ``where`` being ``path:line``."""
     for lineno, line in enumerate(lines, 1):
         if line.strip():
-            yield f"{path}:{lineno}", _load_json_line(path, lineno, line)
+            yield f"{path}:{lineno}", load_json_line(path, lineno, line)
 
 
-def _string_field(obj: dict, key: str, where: str, what: str = "") -> str:
+def string_field(obj: dict, key: str, where: str, what: str = "") -> str:
     if key not in obj:
         raise UserError(f"{where}: missing field '{key}'{what}")
     value = obj[key]
@@ -411,138 +333,17 @@ def _string_field(obj: dict, key: str, where: str, what: str = "") -> str:
     return value
 
 
-def _read_jsonl(path: str, lines: list[str], max_examples) -> list[Example]:
-    examples: list[Example] = []
-    for where, obj in _json_objects(path, lines):
-        text = check_title(_string_field(obj, "text", where), where)
-        if "spans" not in obj:
-            raise UserError(f"{where}: missing field 'spans' (use [] for a title without spans)")
-        raw_spans = obj["spans"]
-        if not isinstance(raw_spans, list):
-            raise UserError(f"{where}: 'spans' must be a list, got {type(raw_spans).__name__}")
-        spans = []
-        for k, sp in enumerate(raw_spans):
-            f = f"spans[{k}]"
-            if not isinstance(sp, dict):
-                raise UserError(f"{where}: {f} must be an object, got {type(sp).__name__}")
-            for name in ("start", "end", "label"):
-                if name not in sp:
-                    raise UserError(f"{where}: {f}: missing field '{name}'")
-            start, end, label = sp["start"], sp["end"], sp["label"]
-            for name, v in (("start", start), ("end", end)):
-                if not _is_int(v):
-                    raise UserError(f"{where}: {f}.{name} must be an integer, got {v!r}")
-            if not isinstance(label, str) or not label:
-                raise UserError(f"{where}: {f}.label must be a non-empty string, got {label!r}")
-            if not 0 <= start < end <= len(text):
-                raise UserError(
-                    f"{where}: {f}: offsets start={start} end={end} must satisfy "
-                    f"0 <= start < end <= {len(text)} (the text length)"
-                )
-            spans.append(Span(start, end, label))
-        spans.sort()
-        for a, b in zip(spans, spans[1:]):
-            if b.start < a.end:
-                raise UserError(
-                    f"{where}: spans overlap: {a.label} [{a.start}, {a.end}) and "
-                    f"{b.label} [{b.start}, {b.end})"
-                )
-        examples.append(Example(text, spans, where))
-        if max_examples is not None and len(examples) >= max_examples:
-            break
-    return examples
+def register_format(name: str, read, kind: str) -> None:
+    """Make ``name`` a data format: ``read(path, lines, stats, max_examples, strict)`` returns the
+    examples of a file (``kind`` "spans": :class:`Example`; "tags": :class:`TagExample`)."""
+    FORMATS[name] = (read, kind)
 
 
-def _read_tags(path: str, lines: list[str], max_examples) -> list[TagExample]:
-    """``{"text": str, "tags": [str, ...]}`` per line; a tag listed twice counts once."""
-    examples: list[TagExample] = []
-    for where, obj in _json_objects(path, lines):
-        text = check_title(_string_field(obj, "text", where), where)
-        if not text.strip():
-            raise UserError(f"{where}: 'text' is empty")
-        if "tags" not in obj:
-            raise UserError(f"{where}: missing field 'tags' (use [] for a title without tags)")
-        raw = obj["tags"]
-        if not isinstance(raw, list):
-            raise UserError(f"{where}: 'tags' must be a list of strings, got {type(raw).__name__}")
-        tags: list[str] = []
-        for k, tag in enumerate(raw):
-            if not isinstance(tag, str) or not tag.strip():
-                raise UserError(f"{where}: tags[{k}] must be a non-empty string, got {tag!r}")
-            if tag.strip() not in tags:
-                tags.append(tag.strip())
-        examples.append(TagExample(text, tags, where))
-        if max_examples is not None and len(examples) >= max_examples:
-            break
-    return examples
+def read_split(d, split: str) -> list:
+    """The examples of one split of a recipe's ``data`` section, as training reads them."""
+    path = resolve_data_path(getattr(d, split), d.root, key=f"data.{split}")
+    return read_examples(path, d.format, fullwidth_to_halfwidth=d.fullwidth_to_halfwidth, lowercase=d.lowercase,
+                         max_examples=getattr(d, f"max_{split}_examples"))
 
 
-def _occurrences(text: str, value: str, ignore_case: bool) -> list[tuple[int, int]]:
-    """All (possibly overlapping) occurrences of ``value`` in ``text``, whole-token ones first."""
-    pattern = re.compile("(?=(" + re.escape(value) + "))", re.IGNORECASE if ignore_case else 0)
-    found = [(m.start(1), m.end(1)) for m in pattern.finditer(text)]
-
-    def whole_token(se):
-        s, e = se
-        return (s == 0 or not text[s - 1].isalnum()) and (e == len(text) or not text[e].isalnum())
-
-    return [se for se in found if whole_token(se)] + [se for se in found if not whole_token(se)]
-
-
-def _read_attribute_value(path: str, lines: list[str], stats: ReadStats, max_examples) -> list[Example]:
-    examples: list[Example] = []
-    for where, obj in _json_objects(path, lines):
-        text = check_title(_string_field(obj, "input", where, " (the title)"), where)
-        if "target_scores" not in obj:
-            raise UserError(f"{where}: missing field 'target_scores'")
-        targets = obj["target_scores"]
-        if not isinstance(targets, dict):
-            raise UserError(f"{where}: 'target_scores' must be an object, got {type(targets).__name__}")
-        wanted: list[tuple[str, str]] = []  # (attribute, value)
-        for attr, values in targets.items():
-            if not isinstance(values, dict):
-                raise UserError(
-                    f"{where}: target_scores[{attr!r}] must be an object {{value: score}}, "
-                    f"got {type(values).__name__}"
-                )
-            if not attr:
-                raise UserError(f"{where}: target_scores has an empty attribute name")
-            for value in values:
-                if value.strip().lower() == "n/a":
-                    stats.negatives += 1
-                    continue
-                stats.values += 1
-                wanted.append((attr, value))
-        # longest value first, so that of two values that overlap the longer one keeps its span
-        wanted.sort(key=lambda av: -len(av[1]))
-        taken = [False] * len(text)
-        spans: list[Span] = []
-        for attr, value in wanted:
-            if not value.strip():
-                stats.not_found += 1
-                continue
-            placed = seen = False
-            for ignore_case in (False, True):
-                occ = _occurrences(text, value, ignore_case)
-                seen = seen or bool(occ)
-                for s, e in occ:
-                    if not any(taken[s:e]):
-                        spans.append(Span(s, e, attr))
-                        taken[s:e] = [True] * (e - s)
-                        placed = True
-                        if ignore_case:
-                            stats.found_case_insensitive += 1
-                        else:
-                            stats.found_exact += 1
-                        break
-                if placed:
-                    break
-            if not placed:
-                if seen:
-                    stats.overlap_dropped += 1
-                else:
-                    stats.not_found += 1
-        examples.append(Example(text, sorted(spans), where))
-        if max_examples is not None and len(examples) >= max_examples:
-            break
-    return examples
+from . import spans, tags  # noqa: E402,F401  (registration of the formats)

@@ -1,0 +1,148 @@
+"""The recipe's sections as dataclasses: every key, its type, default, help and checks."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .validate import opt
+
+
+
+
+SCHEDULES = ("linear", "cosine", "constant")
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+LOG_WITH = ("tensorboard", "none")
+QUANTIZATION = ("none", "nf4", "fp4", "int8")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass
+class BackboneSection:
+    name: str = opt(help="backbone: an alias (me5-small, minilm-l6), a Hugging Face hub id, or a local directory")
+    cache_dir: str | None = opt(None, "conversion cache; null -> $PEFT_TAGS_CACHE or ~/.cache/peft-tags")
+    max_length: int = opt(160, "maximum sequence length in tokens (>= 8); longer inputs are cut", ge=8)
+    quantization: str = opt("none", "load the frozen backbone quantised through bitsandbytes (QLoRA): "
+                           + ", ".join(QUANTIZATION), choices=QUANTIZATION)
+    double_quantization: bool = opt(True, "4-bit only: quantise the quantisation constants too")
+    compute_dtype: str = opt("float32", "4-bit only: dtype the de-quantised weights compute in: " + ", ".join(COMPUTE_DTYPES),
+                            choices=COMPUTE_DTYPES)
+
+    def check(self) -> list[tuple[str, str]]:
+        return [("name", "must not be empty")] if not self.name.strip() else []
+
+
+HEAD_BIAS = ("auto", "prior", "zero")
+
+
+def _data_formats() -> tuple:
+    from ..data import FORMATS
+
+    return tuple(FORMATS)
+
+
+@dataclass(kw_only=True)
+class TaskOptions:
+    """The keys every task section has; a task's options dataclass (peft_tags.tasks) extends it."""
+
+    type: str = opt(None, "task type: one of peft_tags.tasks.names() (tagging, multilabel, ...); "
+                         "not given: peft_tags.tasks.DEFAULT")
+    head_bias: str = opt("auto", "the head's starting bias: prior (the log base rate of each label, or log-odds of each "
+                         "tag, in train), zero, or auto (the task's default)", choices=HEAD_BIAS)
+
+
+@dataclass(kw_only=True)
+class DataSection:
+    root: str | None = opt(None, "data root; null -> $PEFT_TAGS_DATA, else ../shared/data if it exists")
+    format: str = opt("conll", "file format: one of peft_tags.data.FORMATS (conll, jsonl, attribute-value, tags); "
+                               "the task says which it reads", choices=_data_formats)
+    train: str = opt(help="training file, relative to data.root (or absolute)")
+    dev: str | None = opt(None, "dev file (model selection), relative to data.root; null: none")
+    test: str | None = opt(None, "test file (final scores), relative to data.root; null: none")
+    fullwidth_to_halfwidth: bool = opt(True, "map full-width characters (ＡＢＣ１２３) to half-width before tokenizing")
+    lowercase: bool = opt(False, "lowercase the text before tokenizing")
+    max_train_examples: int | None = opt(None, "use only the first N training examples (> 0); null: all", gt=0)
+    max_dev_examples: int | None = opt(None, "use only the first N dev examples (> 0); null: all", gt=0)
+    max_test_examples: int | None = opt(None, "use only the first N test examples (> 0); null: all", gt=0)
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = []
+        for key in ("train", "dev", "test"):
+            if getattr(self, key) is not None and not getattr(self, key).strip():
+                problems.append((key, "must not be empty (use null for none)"))
+        for key in ("dev", "test"):
+            value = getattr(self, key)
+            if value and value.strip() and Path(value) == Path(self.train):
+                problems.append((key, f"is the same file as data.train ('{self.train}'); "
+                                      f"its scores would be training scores"))
+        return problems
+
+
+@dataclass
+class MethodSection:
+    name: str = opt(help="fine-tuning method (peft_tags.methods.names(): ours, or any peft method by its peft name); "
+                        "the other keys of this section are its options")
+    options: Any = opt(None, "the method's options dataclass instance")
+
+
+@dataclass
+class TrainingSection:
+    epochs: int = opt(3, "passes over the training data (>= 1)", ge=1)
+    batch_size: int = opt(16, "examples per step, per process (>= 1)", ge=1)
+    grad_accum: int = opt(1, "steps whose gradients are summed before one update (>= 1)", ge=1)
+    lr: float = opt(1e-3, "peak learning rate (> 0)", gt=0)
+    head_lr: float | None = opt(None, "learning rate of the task head (> 0); null -> training.lr", gt=0)
+    weight_decay: float = opt(0.01, "AdamW weight decay (>= 0)", ge=0)
+    warmup_ratio: float = opt(0.06, "fraction of the updates spent warming up, in [0, 1)", ge=0, lt=1)
+    schedule: str = opt("linear", "learning-rate schedule after warmup: " + ", ".join(SCHEDULES),
+                       choices=SCHEDULES)
+    max_grad_norm: float | None = opt(1.0, "clip gradients to this norm (> 0); null: no clipping", gt=0)
+    seed: int = opt(42, "random seed (data order, dropout, head init)")
+    mixed_precision: str = opt("auto", "mixed precision: " + ", ".join(MIXED_PRECISION)
+                              + " (auto: bf16 where supported, else no)", choices=MIXED_PRECISION,
+                              bool_word={False: "no"})
+    eval_every_epochs: int = opt(1, "score the dev set every N epochs (>= 1)", ge=1)
+    checkpoint_every_steps: int | None = opt(None, "write a checkpoint every N updates (>= 1); "
+                                                  "null -> at the end of each epoch", ge=1)
+    resume: bool = opt(False, "continue from the last checkpoint in <output.dir>.work (with the same recipe, data "
+                             "and code)")
+    num_threads: int | None = opt(None, "torch CPU threads (>= 1); null -> all cores of this process's share", ge=1)
+    length_bucketing: bool = opt(True, "batch examples of similar length together (less padding)")
+    log_with: str | None = opt("tensorboard", "metrics logger: tensorboard, or none (null)",
+                              choices=LOG_WITH, none_word="none")
+
+    @property
+    def effective_head_lr(self) -> float:
+        return self.lr if self.head_lr is None else self.head_lr
+
+
+@dataclass
+class OutputSection:
+    dir: str = opt(help="directory the run is written to")
+    overwrite: bool = opt(False, "replace an existing output.dir at the end, if peft-tags wrote it")
+
+    def check(self) -> list[tuple[str, str]]:
+        return [("dir", "must not be empty")] if not self.dir.strip() else []
+
+
+@dataclass
+class Recipe:
+    backbone: BackboneSection = opt(help="the pretrained encoder")
+    task: Any = opt(help="what the model predicts: the options dataclass of the task named by task.type")
+    data: DataSection = opt(help="where the examples are and how to read them")
+    method: MethodSection = opt(help="the fine-tuning method and its options")
+    training: TrainingSection = opt(help="the optimisation loop")
+    output: OutputSection = opt(help="where the run goes")
+    source: str = field(default="", compare=False, metadata={"help": "file the recipe came from (not a YAML key)"})
+
+
+SECTIONS: dict[str, type] = {
+    "backbone": BackboneSection,
+    "task": TaskOptions,  # extended by the task's own options dataclass (peft_tags.tasks)
+    "data": DataSection,
+    "method": MethodSection,
+    "training": TrainingSection,
+    "output": OutputSection,
+}
