@@ -9,7 +9,7 @@ import torch
 
 from conftest import REPO
 
-from peft_tags.bottleneck import BottleneckConfig, BottleneckLayer  # importing it registers the peft type
+from peft_tags.tuners.bottleneck import BottleneckConfig, BottleneckLayer  # importing it registers the peft type
 
 D, LAYERS, LABELS = 32, 2, 5
 
@@ -89,7 +89,7 @@ def test_save_load_in_a_fresh_process_and_several_named_adapters(tiny_backbone, 
 
     script = f"""
 import torch
-import peft_tags.bottleneck
+import peft_tags.tuners.bottleneck
 from peft import PeftModel
 from transformers import BertForTokenClassification
 base = BertForTokenClassification.from_pretrained({str(tiny_backbone)!r}, num_labels={LABELS})

@@ -20,7 +20,7 @@ def _train(tmp_path, backbone, data, name, **kw):
 
 
 def _log_probs(model, codec):
-    from peft_tags.predict import predict_log_probs
+    from peft_tags.tasks.tagging import predict_log_probs
 
     return predict_log_probs(model, codec, codec.encode(TEXTS), 4, torch.device("cpu"))
 

@@ -60,7 +60,8 @@ def _batch(tiny_backbone, toy_data):
 
 def _apply(tiny_backbone, codec, name):
     from peft_tags.model import apply_method, build_token_classifier
-    from peft_tags.recipe import _build_method, _Problems
+    from peft_tags.config.load import build_method as _build_method
+    from peft_tags.config.validate import Problems as _Problems
 
     method, options, _ = METHODS[name]
     problems = _Problems()
@@ -136,7 +137,7 @@ ROUND_TRIP.update({
 @pytest.fixture(scope="module")
 def trained_runs(tmp_path_factory, tiny_backbone, tiny_backbone_64, toy_data):
     """One short training run per method; the log-probs of the live model after save()."""
-    from peft_tags.predict import predict_log_probs
+    from peft_tags.tasks.tagging import predict_log_probs
     from peft_tags.recipe import load_recipe
     from peft_tags.train import TrainRun
 
@@ -167,7 +168,7 @@ def test_round_trip_in_a_fresh_process(trained_runs, tmp_path):
     (tmp_path / "job.json").write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
     script = (
         "import json, sys, numpy as np, torch\n"
-        "from peft_tags.predict import Tagger, predict_log_probs\n"
+        "from peft_tags.predict import Tagger\nfrom peft_tags.tasks.tagging import predict_log_probs\n"
         "job = json.load(open(sys.argv[1], encoding='utf-8'))\n"
         "for name, j in job.items():\n"
         "    t = Tagger.load(j['dir'], device='cpu')\n"
@@ -245,3 +246,57 @@ def test_adalora_on_one_step_is_a_clear_error(tmp_path, tiny_backbone, toy_data,
     rc = cli_main(["train", str(recipe), "data.max_train_examples=16"])
     from test_errors import _assert_clean_failure
     _assert_clean_failure(rc, capsys.readouterr().err, "adalora needs at least 2 optimizer steps (one to score", tmp_path)
+
+
+# recipe key -> (default, peft config field or None for a key of our own), in field order
+OPTION_KEYS = {
+    "lora": {"r": (8, "r"), "alpha": (16.0, "lora_alpha"), "dropout": (0.1, "lora_dropout"),
+             "target_modules": (["query", "value"], "target_modules")},
+    "adalora": {"init_r": (12, "init_r"), "target_r": (8, "target_r"), "alpha": (32.0, "lora_alpha"),
+                "dropout": (0.1, "lora_dropout"), "target_modules": (None, "target_modules"),
+                "budget_start": (0.1, None), "budget_end": (0.7, None), "allocate_every": (10, "deltaT"),
+                "beta1": (0.85, "beta1"), "beta2": (0.85, "beta2"), "orth_reg_weight": (0.5, "orth_reg_weight")},
+    "bottleneck": {"variant": ("houlsby", "variant"), "bottleneck_size": (None, "bottleneck_size"),
+                   "reduction_factor": (16.0, "reduction_factor"), "activation": ("relu", "activation"),
+                   "scaling": (1.0, "scaling"), "dropout": (0.0, "dropout"), "init_std": (0.01, "init_std"),
+                   "layer_norms": (False, None), "target_modules": (None, "target_modules")},
+}
+
+
+@pytest.mark.parametrize("name", list(OPTION_KEYS))
+def test_options_derive_from_the_peft_config_with_our_keys_and_defaults(name):
+    """The recipe keys, their order and defaults stay ours whatever peft's defaults are; each
+    key sets its peft field, with its help and (unless a key says otherwise) its type."""
+    import dataclasses
+    import typing
+
+    from peft_tags import methods
+
+    module = __import__(f"peft_tags.methods.{name}", fromlist=["OPTIONS"])
+    cls, spec = methods.get(name).options_cls, module.OPTIONS
+    assert getattr(module, cls.__name__) is cls and cls.__module__ == module.__name__  # importable, picklable
+    keys = OPTION_KEYS[name]
+    assert dataclasses.asdict(cls()) == {k: default for k, (default, _) in keys.items()}
+    assert [f.name for f in dataclasses.fields(cls)] == list(keys)
+    assert {k: s.field for k, s in spec.keys.items()} == {k: field for k, (_, field) in keys.items()}
+    config_fields = {f.name: f for f in dataclasses.fields(spec.config_class())}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        assert f.metadata["help"], f.name
+        source = config_fields.get(spec.keys[f.name].field)
+        if source is not None and spec.keys[f.name].type is None:
+            assert hints[f.name] == typing.get_type_hints(spec.config_class())[source.name], f.name
+    config = spec.config(cls(), modules_to_save=["classifier"], **({"total_step": 10} if name == "adalora" else {}))
+    for key, (default, field) in keys.items():
+        if field is not None:
+            value = getattr(config, field)
+            assert (set(value) if isinstance(value, set) else value) == (set(default) if isinstance(default, list) else default)
+
+
+def test_a_peft_refusal_names_the_recipe_key():
+    from peft_tags.methods import adalora, lora
+
+    assert lora.OPTIONS.rejected(ValueError("`lora_alpha` must be > 0"))[0] == "alpha"
+    key, text = adalora.OPTIONS.rejected(ValueError("`orth_reg_weight` should be greater than or equal to 0"))
+    assert key == "orth_reg_weight" and text.startswith("peft AdaLoraConfig rejects these options: ")
+    assert lora.OPTIONS.rejected(ValueError("something else"))[0] == "name"

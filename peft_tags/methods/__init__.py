@@ -1,7 +1,8 @@
 """The registry of fine-tuning methods.
 
 A method is an options dataclass (the keys a recipe may put under ``method:`` beside
-``name``) plus a function that turns a backbone-with-head into the model to train, and
+``name``; for a method built on a peft config class, derived from it: see :mod:`.options`)
+plus a function that turns a backbone-with-head into the model to train, and
 optional hooks into the training loop (AdaLoRA's budget allocator, a loss regulariser,
 extra checkpoint state, a fix-up after loading). Adding a method is a new module in this
 package and one ``register`` call.
@@ -33,7 +34,7 @@ class Method:
     module asks for a method by its name."""
 
     name: str
-    options_cls: type
+    options: type | Callable[[], type]  # the options dataclass, or a function that builds it on first use
     apply: Callable  # apply(model, options, ctx: Context) -> model
     help: str
     saves: str = "adapter"  # one of SAVES: adapter_config.json + adapter_model.safetensors, model/, or the head only
@@ -47,15 +48,22 @@ class Method:
     load_state: Callable | None = None  # load_state(model, dict): the inverse of state
     on_load: Callable | None = None  # on_load(model) -> model: after PeftModel.from_pretrained
 
+    @property
+    def options_cls(self) -> type:
+        """The options dataclass (those derived from a peft config class are built, and peft
+        imported, on first use)."""
+        return self.options if isinstance(self.options, type) else self.options()
+
 
 REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, options_cls: type, help: str, **hooks):
-    """Decorator: register ``apply`` as the method ``name`` with its options dataclass."""
+def register(name: str, options: type | Callable[[], type], help: str, **hooks):
+    """Decorator: register ``apply`` as the method ``name`` with its options dataclass (or a
+    function that builds it on first use, such as :meth:`.options.PeftOptions.cls`)."""
 
     def wrap(apply):
-        REGISTRY[name] = Method(name, options_cls, apply, help, **hooks)
+        REGISTRY[name] = Method(name, options, apply, help, **hooks)
         return apply
 
     return wrap

@@ -32,9 +32,15 @@ def get_peft_model(model, config, key: str = "method.target_modules"):
         raise
 
 
+def empty_modules(optional: bool) -> str:
+    """The problem of a list of modules that names none (``optional``: null would take the defaults)."""
+    return "must name at least one module" + (" (or be null for the backbone's defaults)" if optional else "")
+
+
 def check_targets(targets) -> list[tuple[str, str]]:
+    """The problem of an empty ``target_modules`` (null takes the backbone's defaults)."""
     if targets is not None and not targets:
-        return [("target_modules", "must name at least one module (or be null for the backbone's defaults)")]
+        return [("target_modules", empty_modules(optional=True))]
     return []
 
 

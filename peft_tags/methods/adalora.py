@@ -12,60 +12,60 @@ them:
   model computes itself).
 
 The recipe sets the initial and the target average rank; the schedule of the budget is given
-as fractions of the run, so it stays right when epochs or batch size change.
+as fractions of the run, so it stays right when epochs or batch size change. The other options
+are peft's :class:`~peft.AdaLoraConfig` fields under the recipe's names (``alpha`` is
+``lora_alpha``, ``dropout`` is ``lora_dropout``, ``allocate_every`` is ``deltaT``); see
+:mod:`.options`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from ..errors import UserError
 from . import Context, register
-from ._common import check_targets, get_peft_model
+from ._common import get_peft_model
+from .options import PeftOptions, own, peft
+
+#: the run length (optimizer steps) at which ``check()`` builds peft's config; the real one comes at apply
+CHECK_STEPS = 1000
 
 
-@dataclass
-class AdaLoraOptions:
-    init_r: int = field(default=12, metadata={"help": "rank every wrapped matrix starts with"})
-    target_r: int = field(default=8, metadata={"help": "average rank left when the budget is spent"})
-    alpha: float = field(default=32.0, metadata={"help": "scaling numerator of the update"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout on the adapter input"})
-    target_modules: list[str] | None = field(default=None, metadata={
-        "help": "names (suffixes) of the linear layers to wrap; null: peft's defaults for the backbone"})
-    budget_start: float = field(default=0.1, metadata={
-        "help": "fraction of the optimizer steps trained at init_r before ranks are pruned (peft: tinit)"})
-    budget_end: float = field(default=0.7, metadata={
-        "help": "fraction of the optimizer steps after which the ranks are fixed (peft: total_step - tfinal)"})
-    allocate_every: int = field(default=10, metadata={"help": "optimizer steps between two budget allocations (peft: deltaT)"})
-    beta1: float = field(default=0.85, metadata={"help": "EMA factor of the importance scores"})
-    beta2: float = field(default=0.85, metadata={"help": "EMA factor of their uncertainty"})
-    orth_reg_weight: float = field(default=0.5, metadata={"help": "weight of the orthogonal regulariser in the loss"})
-
-    def check(self) -> list[tuple[str, str]]:
-        problems = []
-        if self.init_r < 1:
-            problems.append(("init_r", f"must be a positive integer, got {self.init_r}"))
-        if self.target_r < 1 or 1 <= self.init_r < self.target_r:  # against init_r only when init_r itself is valid
-            problems.append(("target_r", f"must be in [1, init_r={self.init_r}], got {self.target_r}"))
-        if self.alpha <= 0:
-            problems.append(("alpha", f"must be > 0, got {self.alpha}"))
-        if not 0 <= self.dropout < 1:
-            problems.append(("dropout", f"must be in [0, 1), got {self.dropout}"))
-        if not 0 <= self.budget_start < 1:  # the key at fault: budget_end is checked against a valid start only
-            problems.append(("budget_start", f"must be in [0, 1), got {self.budget_start}"))
-        elif not self.budget_start < self.budget_end <= 1:
-            problems.append(("budget_end", f"must satisfy 0 <= budget_start < budget_end <= 1, got "
-                                           f"{self.budget_start} and {self.budget_end}"))
-        if self.allocate_every < 1:
-            problems.append(("allocate_every", f"must be a positive integer, got {self.allocate_every}"))
-        for key in ("beta1", "beta2"):
-            if not 0 < getattr(self, key) < 1:
-                problems.append((key, f"must be in (0, 1), got {getattr(self, key)}"))
-        if self.orth_reg_weight < 0:
-            problems.append(("orth_reg_weight", f"must be >= 0, got {self.orth_reg_weight}"))
-        return problems + check_targets(self.target_modules)
+def _check(options) -> list[tuple[str, str]]:
+    """The checks across keys: target_r against init_r, budget_end against budget_start."""
+    problems = []
+    if options.target_r < 1 or 1 <= options.init_r < options.target_r:  # against init_r only when init_r is valid
+        problems.append(("target_r", f"must be in [1, init_r={options.init_r}], got {options.target_r}"))
+    if 0 <= options.budget_start < 1 and not options.budget_start < options.budget_end <= 1:
+        problems.append(("budget_end", f"must satisfy 0 <= budget_start < budget_end <= 1, got "
+                                       f"{options.budget_start} and {options.budget_end}"))
+    return problems
 
 
-def schedule(options: AdaLoraOptions, total_steps: int) -> tuple[int, int, int]:
+def _schedule_fields(options, total_steps: int = CHECK_STEPS) -> dict:
+    """peft's schedule fields (tinit, tfinal, total_step) for a run of ``total_steps`` optimizer steps."""
+    tinit, tfinal, total = schedule(options, total_steps)
+    return {"tinit": tinit, "tfinal": tfinal, "total_step": total}
+
+
+OPTIONS = PeftOptions("AdaLoraOptions", "peft.AdaLoraConfig", __name__, {
+    "init_r": peft("init_r", 12, positive=True),
+    "target_r": peft("target_r", 8),  # checked against init_r (_check)
+    "alpha": peft("lora_alpha", 32.0, type=float, gt=0),
+    "dropout": peft("lora_dropout", 0.1, ge=0, lt=1),
+    "target_modules": peft("target_modules", None, type=list[str] | None, nonempty=True,
+                           help="names (suffixes) of the linear layers to wrap; null: peft's defaults for the backbone"),
+    "budget_start": own(float, 0.1, "fraction of the optimizer steps trained at init_r before ranks are pruned "
+                                    "(peft: tinit)", ge=0, lt=1),
+    "budget_end": own(float, 0.7, "fraction of the optimizer steps after which the ranks are fixed "
+                                  "(peft: total_step - tfinal)"),  # checked against budget_start (_check)
+    "allocate_every": peft("deltaT", 10, positive=True),
+    # peft gives both betas the same help; these tell them apart
+    "beta1": peft("beta1", 0.85, gt=0, lt=1, help="EMA factor of the importance scores"),
+    "beta2": peft("beta2", 0.85, gt=0, lt=1, help="EMA factor of their uncertainty"),
+    "orth_reg_weight": peft("orth_reg_weight", 0.5, ge=0),
+}, check=_check, fixed=_schedule_fields)
+__getattr__ = OPTIONS.module_getattr  # AdaLoraOptions, the options dataclass
+
+
+def schedule(options, total_steps: int) -> tuple[int, int, int]:
     """peft's (tinit, tfinal, total_step) for a run of ``total_steps`` (>= 2) optimizer steps.
 
     peft scores importance only at steps before total_step - tfinal and fixes the ranks at that
@@ -142,17 +142,9 @@ def _load_state(model, state: dict) -> None:
         alloc.mask_using_rank_pattern(tuner.model, state["rank_pattern"])
 
 
-@register("adalora", AdaLoraOptions, help="AdaLoRA (peft): LoRA whose ranks are reallocated by importance during training",
+@register("adalora", OPTIONS.cls, help="AdaLoRA (peft): LoRA whose ranks are reallocated by importance during training",
           on_step=_on_step, regularizer=_regularizer, state=_state, load_state=_load_state,
           check_steps=schedule)
-def apply(model, options: AdaLoraOptions, ctx: Context):
-    from peft import AdaLoraConfig
-
-    tinit, tfinal, total = schedule(options, ctx.total_steps)
-    config = AdaLoraConfig(
-        init_r=options.init_r, target_r=options.target_r, lora_alpha=options.alpha, lora_dropout=options.dropout,
-        target_modules=None if options.target_modules is None else list(options.target_modules),
-        tinit=tinit, tfinal=tfinal, deltaT=options.allocate_every, beta1=options.beta1, beta2=options.beta2,
-        orth_reg_weight=options.orth_reg_weight, total_step=total, modules_to_save=[ctx.head_name],
-    )
+def apply(model, options, ctx: Context):
+    config = OPTIONS.config(options, **_schedule_fields(options, ctx.total_steps), modules_to_save=[ctx.head_name])
     return get_peft_model(model, config)

@@ -1,59 +1,40 @@
-"""Bottleneck adapters (Houlsby / Pfeiffer), a peft method of ours: see peft_tags.bottleneck."""
-from __future__ import annotations
+"""Bottleneck adapters (Houlsby / Pfeiffer), a peft method of ours: see peft_tags.tuners.bottleneck.
 
-from dataclasses import dataclass, field
+The options are the fields of :class:`~peft_tags.tuners.bottleneck.BottleneckConfig` (see
+:mod:`.options`), and ``layer_norms``, which adds the backbone's normalisation layers to the
+modules the adapter trains and saves in full.
+"""
+from __future__ import annotations
 
 from . import Context, register
 from ..errors import UserError
-from ._common import check_targets, get_peft_model
+from ._common import get_peft_model
+from .options import PeftOptions, own, peft
 
-VARIANTS = ("houlsby", "pfeiffer")
-ACTIVATIONS = ("relu", "gelu", "swish", "silu", "tanh")
-
-
-@dataclass
-class BottleneckOptions:
-    variant: str = field(default="houlsby", metadata={
-        "help": "houlsby: after the attention and the feed-forward output; pfeiffer: after the feed-forward output only",
-        "choices": VARIANTS})
-    bottleneck_size: int | None = field(default=None, metadata={
-        "help": "hidden size of each adapter; null: hidden size / reduction_factor"})
-    reduction_factor: float = field(default=16.0, metadata={"help": "hidden size / bottleneck size, when bottleneck_size is null"})
-    activation: str = field(default="relu", metadata={"help": "non-linearity: " + ", ".join(ACTIVATIONS), "choices": ACTIVATIONS})
-    scaling: float = field(default=1.0, metadata={"help": "multiplies the adapter's output"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter input"})
-    init_std: float = field(default=1e-2, metadata={"help": "std of the down-projection at init (the up-projection starts at zero)"})
-    layer_norms: bool = field(default=False, metadata={
-        "help": "also train the backbone's LayerNorm weights and biases, as Houlsby et al. do (2 x hidden size each)"})
-    target_modules: list[str] | None = field(default=None, metadata={
-        "help": "output projections to adapt (name suffixes); null: the variant's sublayers of a known backbone"})
-
-    def check(self) -> list[tuple[str, str]]:
-        problems = []
-        if self.bottleneck_size is not None and self.bottleneck_size < 1:
-            problems.append(("bottleneck_size", f"must be a positive integer, got {self.bottleneck_size}"))
-        if self.reduction_factor <= 0:
-            problems.append(("reduction_factor", f"must be > 0, got {self.reduction_factor}"))
-        if not 0 <= self.dropout < 1:
-            problems.append(("dropout", f"must be in [0, 1), got {self.dropout}"))
-        if self.init_std <= 0:  # with the up-projection at zero, a zero down-projection would never train
-            problems.append(("init_std", f"must be > 0, got {self.init_std}"))
-        return problems + check_targets(self.target_modules)
+OPTIONS = PeftOptions("BottleneckOptions", "peft_tags.tuners.bottleneck.BottleneckConfig", __name__, {
+    "variant": peft("variant", "houlsby"),  # choices: the config field's
+    "bottleneck_size": peft("bottleneck_size", None, positive=True),
+    "reduction_factor": peft("reduction_factor", 16.0, gt=0),
+    "activation": peft("activation", "relu"),  # choices: the config field's
+    "scaling": peft("scaling", 1.0),
+    "dropout": peft("dropout", 0.0, ge=0, lt=1),
+    # with the up-projection at zero, a zero down-projection would never train
+    "init_std": peft("init_std", 1e-2, gt=0),
+    "layer_norms": own(bool, False, "also train the backbone's LayerNorm weights and biases, as Houlsby et al. do "
+                                    "(2 x hidden size each)"),
+    "target_modules": peft("target_modules", None, type=list[str] | None, nonempty=True,
+                           help="output projections to adapt (name suffixes); null: the variant's sublayers of a "
+                                "known backbone"),
+})
+__getattr__ = OPTIONS.module_getattr  # BottleneckOptions, the options dataclass
 
 
-@register("bottleneck", BottleneckOptions, help="bottleneck adapters (Houlsby or Pfeiffer) as a peft method + trained head",
+@register("bottleneck", OPTIONS.cls, help="bottleneck adapters (Houlsby or Pfeiffer) as a peft method + trained head",
           merge_refusal="adds non-linear layers",
-          card_note="`import peft_tags.bottleneck` first: it registers the BOTTLENECK peft type.")
-def apply(model, options: BottleneckOptions, ctx: Context):
-    from ..bottleneck import BottleneckConfig  # importing it registers the peft type
-
-    config = BottleneckConfig(
-        variant=options.variant, bottleneck_size=options.bottleneck_size, reduction_factor=options.reduction_factor,
-        activation=options.activation, scaling=options.scaling, dropout=options.dropout, init_std=options.init_std,
-        target_modules=None if options.target_modules is None else list(options.target_modules),
-        modules_to_save=[ctx.head_name] + (norm_layers(model, ctx.head_name) if options.layer_norms else []),
-    )
-    return get_peft_model(model, config)
+          card_note="`import peft_tags.tuners.bottleneck` first: it registers the BOTTLENECK peft type.")
+def apply(model, options, ctx: Context):
+    modules_to_save = [ctx.head_name] + (norm_layers(model, ctx.head_name) if options.layer_norms else [])
+    return get_peft_model(model, OPTIONS.config(options, modules_to_save=modules_to_save))
 
 
 def norm_layers(model, head_name: str) -> list[str]:
