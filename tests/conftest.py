@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import REPO, drop_log_handlers  # noqa: F401  (REPO: test modules import it from here too)
+
 # no test reaches for a model hub: hub ids resolve from the local cache or fail at once
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-REPO = Path(__file__).resolve().parents[1]
 
 # toy product vocabulary: type -> values; titles are random concatenations
 TOY_TYPES = {
@@ -50,11 +50,7 @@ def _no_stale_log_handlers():
     """A training run points the root logger at the stderr pytest captured for that test; later
     tests would log into a closed stream. Each test starts without those handlers."""
     yield
-    import logging
-
-    root = logging.getLogger()
-    for handler in root.handlers[:]:
-        root.removeHandler(handler)
+    drop_log_handlers()
 
 
 @pytest.fixture(scope="session")

@@ -16,27 +16,10 @@ from pathlib import Path
 import pytest
 
 from conftest import write_recipe
+from helpers import TITLE, cli_fails, drop_log_handlers, edit_json, overwrite, rm, run_argv, truncate, yaml_bomb
 from peft_tags.cli import main as cli_main
 
-TITLE = "华为黑色手机壳"
 UNSEEN = "新 B-99\n款 I-99\n华 B-1\n为 I-1\n\n新 B-99\n款 I-99\n\n"  # two test spans of a type train lacks
-
-
-def _fails(argv, capsys, *culprits) -> str:
-    """Run the CLI: exit code 2, exactly one non-empty line on stderr naming every culprit."""
-    capsys.readouterr()
-    try:
-        rc = cli_main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert rc == 2, (rc, err)
-    assert "Traceback" not in err
-    assert len(lines) == 1, err
-    for culprit in culprits:
-        assert str(culprit) in lines[0], (culprit, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +31,7 @@ def lora_run(tmp_path_factory, tiny_backbone, toy_data):
         f.write(UNSEEN)
     recipe = write_recipe(tmp / "lora.yaml", tiny_backbone, tmp / "data", tmp / "out", epochs=1)
     assert cli_main(["train", str(recipe)]) == 0
-    for handler in logging.getLogger().handlers[:]:  # training logs to the stderr of this setup
-        logging.getLogger().removeHandler(handler)
+    drop_log_handlers()  # training logs to the stderr of this setup
     return tmp / "out"
 
 
@@ -62,35 +44,11 @@ def full_run(lora_run, tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------- damaging a run
-def _write(name, content):
-    def damage(run, tmp):
-        (run / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
-    return damage
-
-
-def _unlink(name):
-    return lambda run, tmp: (run / name).unlink()
-
-
-def _cut(name, keep):
-    def damage(run, tmp):
-        data = (run / name).read_bytes()
-        (run / name).write_bytes(data[:keep])
-    return damage
-
-
+# damage(run, tmp): helpers' rm, overwrite, truncate and edit_json (its change gets (data, run, tmp)), and these
 def _append(name, extra: bytes):
     def damage(run, tmp):
         with open(run / name, "ab") as f:
             f.write(extra)
-    return damage
-
-
-def _json(name, edit):
-    def damage(run, tmp):
-        data = json.loads((run / name).read_text(encoding="utf-8"))
-        edit(data, run, tmp)
-        (run / name).write_text(json.dumps(data), encoding="utf-8")
     return damage
 
 
@@ -143,65 +101,68 @@ def _map(fn):
 
 
 Q0 = "bert.encoder.layer.0.attention.self.query"
-BOMB = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 2) if i else 'lol, lol'}]\n" for i in range(60))
+BOMB = yaml_bomb(60)
 ALL, LOADING = ("predict", "export", "retune"), ("predict", "export")
 
 # (id, damage(run, tmp), culprits (a file of the run by name, or text), commands)
 RUN_DAMAGE = [
-    ("no-head", _unlink("head.safetensors"), ["not a peft-tags output directory", "head.safetensors"], ALL),
-    ("no-adapter-weights", _unlink("adapter_model.safetensors"), ["adapter_model.safetensors"], ALL),
-    ("no-adapter-config", _unlink("adapter_config.json"), ["adapter_config.json"], ALL),
-    ("labels-not-json", _write("labels.json", '{"task": "tagging",\n  oops'), ["@labels.json:2", "invalid JSON"], ALL),
-    ("labels-empty", _write("labels.json", ""), ["@labels.json:1", "invalid JSON"], ALL),
-    ("labels-not-utf8", _write("labels.json", b'{"types": ["\xff"]}'), ["@labels.json", "UTF-8"], ALL),
-    ("labels-not-object", _write("labels.json", "[1, 2]"), ["@labels.json", "JSON object"], ALL),
-    ("labels-no-slots", _json("labels.json", _drop("slots")), ["@labels.json", "'slots'"], ALL),
-    ("labels-slots-string", _json("labels.json", _set(slots="4")), ["@labels.json", "'slots'"], ALL),
-    ("labels-types-string", _json("labels.json", _set(types="1,4")), ["@labels.json", "'types'"], ALL),
-    ("labels-num-outputs", _json("labels.json", _set(num_outputs=12)), ["@labels.json", "'num_outputs'"], ALL),
-    ("labels-max-length", _json("labels.json", _set(max_length=0)), ["@labels.json", "'max_length'"], ALL),
-    ("labels-unknown-task", _json("labels.json", _set(task="ner")), ["@labels.json", "'task'"], ALL),
-    ("labels-no-thresholds", _json("labels.json", lambda d, r, t: (_multilabel_meta(d, r, t), d.pop("thresholds"))),
+    ("no-head", rm("head.safetensors"), ["not a peft-tags output directory", "head.safetensors"], ALL),
+    ("no-adapter-weights", rm("adapter_model.safetensors"), ["adapter_model.safetensors"], ALL),
+    ("no-adapter-config", rm("adapter_config.json"), ["adapter_config.json"], ALL),
+    ("labels-not-json", overwrite("labels.json", '{"task": "tagging",\n  oops'), ["@labels.json:2", "invalid JSON"],
+     ALL),
+    ("labels-empty", overwrite("labels.json", ""), ["@labels.json:1", "invalid JSON"], ALL),
+    ("labels-not-utf8", overwrite("labels.json", b'{"types": ["\xff"]}'), ["@labels.json", "UTF-8"], ALL),
+    ("labels-not-object", overwrite("labels.json", "[1, 2]"), ["@labels.json", "JSON object"], ALL),
+    ("labels-no-slots", edit_json("labels.json", _drop("slots")), ["@labels.json", "'slots'"], ALL),
+    ("labels-slots-string", edit_json("labels.json", _set(slots="4")), ["@labels.json", "'slots'"], ALL),
+    ("labels-types-string", edit_json("labels.json", _set(types="1,4")), ["@labels.json", "'types'"], ALL),
+    ("labels-num-outputs", edit_json("labels.json", _set(num_outputs=12)), ["@labels.json", "'num_outputs'"], ALL),
+    ("labels-max-length", edit_json("labels.json", _set(max_length=0)), ["@labels.json", "'max_length'"], ALL),
+    ("labels-unknown-task", edit_json("labels.json", _set(task="ner")), ["@labels.json", "'task'"], ALL),
+    ("labels-no-thresholds", edit_json("labels.json", lambda d, r, t: (_multilabel_meta(d, r, t), d.pop("thresholds"))),
      ["@labels.json", "'thresholds'"], ALL),
-    ("labels-bad-threshold", _json("labels.json", lambda d, r, t: (_multilabel_meta(d, r, t),
-                                                                   d["thresholds"].update({"global": 2}))),
+    ("labels-bad-threshold", edit_json("labels.json", lambda d, r, t: (_multilabel_meta(d, r, t),
+                                                                       d["thresholds"].update({"global": 2}))),
      ["@labels.json", "thresholds.global"], ALL),
-    ("labels-other-task", _json("labels.json", _multilabel_meta), ["@labels.json", "task.type tagging"], ALL),
-    ("recipe-truncated", _cut("recipe.yaml", 400), ["@recipe.yaml"], ALL),
+    ("labels-other-task", edit_json("labels.json", _multilabel_meta), ["@labels.json", "task.type tagging"], ALL),
+    ("recipe-truncated", truncate("recipe.yaml", 400), ["@recipe.yaml"], ALL),
     ("recipe-no-method-on", _recipe(lambda s, r, t: s[: s.index("method:")]), ["@recipe.yaml", "more problem"], ALL),
-    ("recipe-binary", _write("recipe.yaml", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"), ["@recipe.yaml"], ALL),
-    ("recipe-bad-yaml", _write("recipe.yaml", "backbone: [\n  name: x\n"), ["@recipe.yaml", "invalid YAML"], ALL),
-    ("recipe-empty", _write("recipe.yaml", "# nothing\n"), ["@recipe.yaml", "empty"], ALL),
-    ("recipe-alias-bomb", _write("recipe.yaml", BOMB), ["@recipe.yaml", "too many YAML aliases"], ALL),
+    ("recipe-binary", overwrite("recipe.yaml", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"), ["@recipe.yaml"], ALL),
+    ("recipe-bad-yaml", overwrite("recipe.yaml", "backbone: [\n  name: x\n"), ["@recipe.yaml", "invalid YAML"], ALL),
+    ("recipe-empty", overwrite("recipe.yaml", "# nothing\n"), ["@recipe.yaml", "empty"], ALL),
+    ("recipe-alias-bomb", overwrite("recipe.yaml", BOMB), ["@recipe.yaml", "too many YAML aliases"], ALL),
     ("recipe-inf-lr", _recipe(lambda s, r, t: re.sub(r"^  lr: .*$", "  lr: .inf", s, flags=re.M)),
      ["@recipe.yaml", "training.lr", "finite"], ALL),
     ("recipe-other-backbone", _recipe(_other_backbone), ["@adapter_config.json", "other-bert", "backbone"], ALL),
-    ("head-truncated", _cut("head.safetensors", -20), ["@head.safetensors", "truncated"], ALL),
-    ("head-empty", _write("head.safetensors", b""), ["@head.safetensors", "empty"], ALL),
-    ("head-garbage", _write("head.safetensors", b"this is not a safetensors file"), ["@head.safetensors"], ALL),
+    ("head-truncated", truncate("head.safetensors", -20), ["@head.safetensors", "truncated"], ALL),
+    ("head-empty", overwrite("head.safetensors", b""), ["@head.safetensors", "empty"], ALL),
+    ("head-garbage", overwrite("head.safetensors", b"this is not a safetensors file"), ["@head.safetensors"], ALL),
     ("head-outputs", _tensors("head.safetensors", _map(lambda k, v: v[:12].clone())),
      ["@head.safetensors", "num_outputs 36"], ALL),
     ("head-no-bias", _tensors("head.safetensors", _map(lambda k, v: None if k == "bias" else v)),
      ["@head.safetensors", "'bias'"], ALL),
-    ("adapter-truncated", _cut("adapter_model.safetensors", -100), ["@adapter_model.safetensors", "truncated"], ALL),
+    ("adapter-truncated", truncate("adapter_model.safetensors", -100), ["@adapter_model.safetensors", "truncated"],
+     ALL),
     ("adapter-appended", _append("adapter_model.safetensors", b"\0" * 16), ["@adapter_model.safetensors"], ALL),
-    ("adapter-header-cut", _cut("adapter_model.safetensors", 40), ["@adapter_model.safetensors"], ALL),
+    ("adapter-header-cut", truncate("adapter_model.safetensors", 40), ["@adapter_model.safetensors"], ALL),
     ("adapter-no-lora", _tensors("adapter_model.safetensors", _map(lambda k, v: None if "lora_" in k else v)),
      ["@adapter_model.safetensors", "no LORA weights"], ALL),
     ("adapter-head-outputs", _tensors("adapter_model.safetensors",
                                       _map(lambda k, v: v[:12].clone() if "classifier" in k else v)),
      ["@adapter_model.safetensors", "num_outputs 36"], ALL),
-    ("adapter-config-not-json", _write("adapter_config.json", "{\n"), ["@adapter_config.json:2", "invalid JSON"], ALL),
-    ("adapter-config-no-type", _json("adapter_config.json", _drop("peft_type")), ["@adapter_config.json", "peft_type"],
+    ("adapter-config-not-json", overwrite("adapter_config.json", "{\n"), ["@adapter_config.json:2", "invalid JSON"],
      ALL),
-    ("adapter-rank", _json("adapter_config.json", _set(r=8)),
+    ("adapter-config-no-type", edit_json("adapter_config.json", _drop("peft_type")),
+     ["@adapter_config.json", "peft_type"], ALL),
+    ("adapter-rank", edit_json("adapter_config.json", _set(r=8)),
      ["@adapter_config.json", "rank 8", "adapter_model.safetensors holds rank 4"], ALL),
-    ("adapter-rank-string", _json("adapter_config.json", _set(r="4")), ["@adapter_config.json", "'r'"], ALL),
-    ("adalora-rank-pattern", _json("adapter_config.json", _set(peft_type="ADALORA", init_r=4, rank_pattern={
+    ("adapter-rank-string", edit_json("adapter_config.json", _set(r="4")), ["@adapter_config.json", "'r'"], ALL),
+    ("adalora-rank-pattern", edit_json("adapter_config.json", _set(peft_type="ADALORA", init_r=4, rank_pattern={
         f"{Q0}.lora_E": [True, True, False, False]})), ["@adapter_config.json", "rank 2", "rank_pattern", Q0], ALL),
-    ("adapter-targets", _json("adapter_config.json", _set(target_modules=["query"])),
+    ("adapter-targets", edit_json("adapter_config.json", _set(target_modules=["query"])),
      ["@adapter_config.json", "target_modules", "value"], ALL),
-    ("adapter-other-backbone", _json("adapter_config.json", lambda d, r, t: d.update(
+    ("adapter-other-backbone", edit_json("adapter_config.json", lambda d, r, t: d.update(
         base_model_name_or_path=str(t / "other-bert"))), ["@adapter_config.json", "other-bert", "backbone.name"], ALL),
     # past the checks: what torch and peft raise while loading
     ("head-hidden-size", _tensors("head.safetensors", _map(lambda k, v: v[:, :16].clone() if k == "weight" else v)),
@@ -209,13 +170,9 @@ RUN_DAMAGE = [
     ("adapter-input-size", _tensors("adapter_model.safetensors",
                                     _map(lambda k, v: v[:, :16].clone() if k.endswith("query.lora_A.weight") else v)),
      ["adapter_model.safetensors", "cannot be loaded", "size mismatch"], LOADING),
-    ("adapter-unknown-type", _json("adapter_config.json", _set(peft_type="NOPE")),
+    ("adapter-unknown-type", edit_json("adapter_config.json", _set(peft_type="NOPE")),
      ["adapter_config.json", "cannot be loaded", "NOPE"], LOADING),
 ]
-
-
-def _argv(command, run, tmp):
-    return {"predict": ["predict", run, TITLE], "export": ["export", run, tmp / "dest"], "retune": ["retune", run]}[command]
 
 
 @pytest.mark.parametrize("case, command", [(c, cmd) for c in RUN_DAMAGE for cmd in c[3]],
@@ -226,7 +183,7 @@ def test_damaged_run_is_one_line_naming_the_file(case, command, lora_run, tmp_pa
     shutil.copytree(lora_run, run)
     damage(run, tmp_path)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    _fails(_argv(command, run, tmp_path), capsys, *[run / c[1:] if c.startswith("@") else c for c in culprits])
+    cli_fails(run_argv(command, run, tmp_path), capsys, *[run / c[1:] if c.startswith("@") else c for c in culprits])
     assert not (tmp_path / "dest").exists() and not list(tmp_path.glob(".dest.*"))
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # retune wrote nothing
 
@@ -235,19 +192,19 @@ def test_retune_names_a_damaged_metrics_file(lora_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(lora_run, run)
     (run / "metrics.json").write_text('{"test_micro_f1": 0.5,\n', encoding="utf-8")
-    _fails(["retune", run], capsys, f"{run / 'metrics.json'}:2", "invalid JSON")
+    cli_fails(["retune", run], capsys, f"{run / 'metrics.json'}:2", "invalid JSON")
 
 
 @pytest.mark.parametrize("command", LOADING)
 @pytest.mark.parametrize("damage, culprit", [
-    (_write("model/config.json", "{"), "model/config.json:1"),
-    (_cut("model/model.safetensors", -64), "model/model.safetensors"),
+    (overwrite("model/config.json", "{"), "model/config.json:1"),
+    (truncate("model/model.safetensors", -64), "model/model.safetensors"),
 ])
 def test_damaged_full_run_names_the_file(full_run, tmp_path, capsys, command, damage, culprit):
     run = tmp_path / "run"
     shutil.copytree(full_run, run)
     damage(run, tmp_path)
-    _fails(_argv(command, run, tmp_path), capsys, run / culprit)
+    cli_fails(run_argv(command, run, tmp_path), capsys, run / culprit)
 
 
 def test_intact_runs_still_load(lora_run, full_run):
@@ -310,25 +267,25 @@ def recipe(tmp_path, tiny_backbone, toy_data):
 def test_yaml_bombs_fail_fast(recipe, capsys, text, message):
     recipe.write_text(text, encoding="utf-8")
     tick = time.perf_counter()
-    _fails(["train", recipe], capsys, f"{recipe}: ", message)
+    cli_fails(["train", recipe], capsys, f"{recipe}: ", message)
     assert time.perf_counter() - tick < 1.0
 
 
 def test_alias_bomb_in_an_override_fails_fast(recipe, capsys):
     value = "[" + ", ".join(f"&b{i} [{'*b%d, *b%d' % (i - 1, i - 1) if i else '1, 1'}]" for i in range(60)) + "]"
     tick = time.perf_counter()
-    _fails(["train", recipe, f"method.target_modules={value}"], capsys, "override 'method.target_modules=",
+    cli_fails(["train", recipe, f"method.target_modules={value}"], capsys, "override 'method.target_modules=",
            "too many YAML aliases")
     assert time.perf_counter() - tick < 1.0
 
 
 def test_a_large_recipe_file_is_refused(recipe, capsys):
     recipe.write_text(recipe.read_text() + "# " + "x" * (1 << 20) + "\n", encoding="utf-8")
-    _fails(["train", recipe], capsys, f"{recipe}: ", "at most 1 MiB")
+    cli_fails(["train", recipe], capsys, f"{recipe}: ", "at most 1 MiB")
 
 
 def test_the_capped_loader_reads_ordinary_yaml():
-    from peft_tags.recipe import _yaml_load
+    from peft_tags.recipe import yaml_load as _yaml_load
 
     assert _yaml_load("a: &x [1, 2]\nb: *x\nc: {d: 1e-3}\n") == {"a": [1, 2], "b": [1, 2], "c": {"d": "1e-3"}}
 
@@ -336,7 +293,7 @@ def test_the_capped_loader_reads_ordinary_yaml():
 @pytest.mark.parametrize("text", ["", "# only a comment\n\n# and another\n", "{}\n", "---\n"])
 def test_an_empty_recipe_is_one_line(recipe, capsys, text):
     recipe.write_text(text, encoding="utf-8")
-    _fails(["train", recipe], capsys, f"{recipe}: ", "the recipe is empty")
+    cli_fails(["train", recipe], capsys, f"{recipe}: ", "the recipe is empty")
 
 
 @pytest.mark.parametrize("edit, overrides, culprit", [
@@ -351,7 +308,7 @@ def test_an_empty_recipe_is_one_line(recipe, capsys, text):
 ])
 def test_infinite_numbers_are_refused(recipe, capsys, edit, overrides, culprit):
     recipe.write_text(edit(recipe.read_text(encoding="utf-8")), encoding="utf-8")
-    _fails(["train", recipe, *overrides], capsys, culprit)
+    cli_fails(["train", recipe, *overrides], capsys, culprit)
 
 
 # ----------------------------------------------------------------------------- data
@@ -360,8 +317,8 @@ def _recipe_for(recipe: Path, train: Path, fmt: str = "conll", dev: Path | None 
     text = recipe.read_text(encoding="utf-8")
     text = re.sub(r"^  (train|dev|test): .*\n", "", text, flags=re.M).replace("format: conll", f"format: {fmt}")
     text = text.replace("data:\n", f"data:\n  train: {train}\n" + (f"  dev: {dev}\n" if dev else ""))
-    if fmt == "tags":
-        text = text.replace("type: tagging", "type: multilabel")
+    if fmt == "tags":  # a multi-label task section: the tagging task's keys go
+        text = re.sub(r"^  slots: .*\n", "", text.replace("type: tagging", "type: multilabel"), flags=re.M)
     recipe.write_text(text, encoding="utf-8")
     return recipe
 
@@ -369,7 +326,7 @@ def _recipe_for(recipe: Path, train: Path, fmt: str = "conll", dev: Path | None 
 def test_a_training_file_without_spans_names_file_and_key(recipe, tmp_path, capsys):
     bad = tmp_path / "no-spans.txt"
     bad.write_text("华 O\n为 O\n\n黑 O\n", encoding="utf-8")
-    _fails(["train", _recipe_for(recipe, bad)], capsys, "data.train", bad, "no span")
+    cli_fails(["train", _recipe_for(recipe, bad)], capsys, "data.train", bad, "no span")
     assert not (tmp_path / "out").exists()
 
 
@@ -377,7 +334,7 @@ def test_a_training_file_without_tags_names_file_and_key(recipe, tmp_path, capsy
     bad, dev = tmp_path / "no-tags.jsonl", tmp_path / "dev.jsonl"
     bad.write_text('{"text": "华为黑色", "tags": []}\n{"text": "小米", "tags": []}\n', encoding="utf-8")
     dev.write_text('{"text": "华为", "tags": ["a"]}\n', encoding="utf-8")
-    _fails(["train", _recipe_for(recipe, bad, "tags", dev)], capsys, "data.train", bad, "no tag")
+    cli_fails(["train", _recipe_for(recipe, bad, "tags", dev)], capsys, "data.train", bad, "no tag")
 
 
 @pytest.mark.parametrize("fmt, content, line", [
@@ -394,7 +351,7 @@ def test_control_characters_in_titles_name_file_and_line(recipe, tmp_path, capsy
     bad.write_text(content, encoding="utf-8")
     dev = tmp_path / "dev.jsonl"
     dev.write_text('{"text": "华为", "tags": ["a"]}\n', encoding="utf-8")
-    _fails(["train", _recipe_for(recipe, bad, fmt, dev if fmt == "tags" else None)], capsys, f"{bad}:{line}:",
+    cli_fails(["train", _recipe_for(recipe, bad, fmt, dev if fmt == "tags" else None)], capsys, f"{bad}:{line}:",
            "control character")
 
 
@@ -412,7 +369,7 @@ def test_tab_and_newline_stay_allowed_where_the_format_allows_them(tmp_path):
 def test_control_characters_in_predict_input_name_file_and_line(tmp_path, capsys):
     titles = tmp_path / "titles.jsonl"
     titles.write_text('{"text": "华为"}\n{"text": "华\\u0000为"}\n', encoding="utf-8")
-    _fails(["predict", tmp_path, "--input", titles], capsys, f"{titles}:2:", "control character")
+    cli_fails(["predict", tmp_path, "--input", titles], capsys, f"{titles}:2:", "control character")
 
 
 # ----------------------------------------------------------------------------- test spans of unseen types
@@ -427,7 +384,7 @@ def test_unseen_types_are_logged_and_count_against_recall(recipe, tiny_backbone,
     from peft_tags.data import Example, Span
     from peft_tags.model import load_tokenizer
     from peft_tags.recipe import load_recipe
-    from peft_tags.tasks import TaggingTask
+    from peft_tags.tasks.tagging import TaggingTask
 
     train = [Example("华为黑色", [Span(0, 2, "1"), Span(2, 4, "16")], "train:1")]
     test = [Example("华为新款", [Span(0, 2, "1"), Span(2, 4, "99")], "test:1")]
@@ -457,7 +414,7 @@ def test_unseen_types_are_logged_and_count_against_recall(recipe, tiny_backbone,
     ([], "peft-tags", "command"),
 ])
 def test_usage_mistakes_are_one_line(argv, prog, culprit, capsys):
-    line = _fails(argv, capsys, culprit)
+    line = cli_fails(argv, capsys, culprit)
     assert line.startswith(f"{prog}: error: ") and "usage:" not in line
 
 

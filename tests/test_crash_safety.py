@@ -14,25 +14,13 @@ import json
 import os
 import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-
-from conftest import REPO, write_recipe
+from conftest import write_recipe
+from helpers import train_in_subprocess
 
 # timings and memory vary from run to run; "recipe" is the path of each copy's recipe file
 VOLATILE = {"train_seconds", "train_titles_per_s", "eval_titles_per_s", "peak_memory_mb", "recipe"}
-KILLPOINTS = Path(__file__).with_name("killpoints.py")
-
-
-def _run(recipe: Path, *overrides: str, kill_at: int = 0, events: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
-               KILL_AT=str(kill_at))
-    if events is not None:
-        env["EVENTS"] = str(events)
-    return subprocess.run([sys.executable, str(KILLPOINTS), str(recipe), *overrides], capture_output=True, text=True,
-                          env=env, cwd=recipe.parent, timeout=600)
 
 
 def _existing_output(out: Path) -> None:
@@ -96,7 +84,7 @@ def test_kill_at_six_random_points_then_resume_is_bit_identical(tmp_path, tiny_b
         return path
 
     ref = recipe("ref")
-    done = _run(ref, events=tmp_path / "events.tsv")
+    done = train_in_subprocess(ref, kind=None, events=tmp_path / "events.tsv")  # kind=None: every event counts
     assert done.returncode == 0, done.stderr[-3000:]
     reference = _result(ref.parent / "out")
     events = _events(tmp_path / "events.tsv")
@@ -106,9 +94,9 @@ def test_kill_at_six_random_points_then_resume_is_bit_identical(tmp_path, tiny_b
 
     for label, n in points:
         path = recipe(f"kill-{n}")
-        killed = _run(path, kill_at=n)
+        killed = train_in_subprocess(path, kill_at=n, kind=None)
         assert killed.returncode == -9, f"event {n} ({label}): {killed.returncode} {killed.stderr[-2000:]}"
-        resumed = _run(path, "training.resume=true")
+        resumed = train_in_subprocess(path, "training.resume=true", kind=None)
         assert resumed.returncode == 0, f"KILL_SEED={seed}, event {n} ({label}): {resumed.stderr[-3000:]}"
         got = _result(path.parent / "out")
         for key in reference:

@@ -6,17 +6,14 @@ Needs ../shared/data (or $PEFT_TAGS_DATA) for the jd-ner files; skipped without 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO, SHARED_DATA
 
 pytestmark = pytest.mark.integration
 
-DATA = Path(os.environ.get("PEFT_TAGS_DATA", REPO.parent / "shared" / "data"))
-needs_data = pytest.mark.skipif(not (DATA / "jd-ner" / "train.txt").is_file(), reason="jd-ner data not found")
+needs_data = pytest.mark.skipif(not (SHARED_DATA / "jd-ner" / "train.txt").is_file(), reason="jd-ner data not found")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +48,7 @@ def test_me5_alignment_on_jd_ner_loses_no_span(me5):
     from peft_tags.model import load_tokenizer
     from peft_tags.tasks.tagging import TaggingCodec
 
-    test = read_examples(DATA / "jd-ner" / "test.txt", "conll")
+    test = read_examples(SHARED_DATA / "jd-ner" / "test.txt", "conll")
     types = sorted({s.label for e in test for s in e.spans})
     tok = load_tokenizer(me5)
     four = TaggingCodec(tok, types, slots=4, max_length=160).alignment_stats([e.text for e in test], test)
@@ -66,7 +63,7 @@ def test_me5_lora_trains_a_few_steps(me5, tmp_path):
     from peft_tags.cli import main as cli_main
 
     out = tmp_path / "out"
-    rc = cli_main(["train", str(REPO / "recipes" / "jd-ner" / "lora.yaml"), f"data.root={DATA}",
+    rc = cli_main(["train", str(REPO / "recipes" / "jd-ner" / "lora.yaml"), f"data.root={SHARED_DATA}",
                    "data.max_train_examples=64", "training.epochs=1", "training.log_with=none",
                    "data.dev=null", f"output.dir={out}"])
     assert rc == 0

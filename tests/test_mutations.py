@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -22,16 +20,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
-from peft_tags import recipe as recipe_mod
+from helpers import (REPO, SHARED_DATA, child_env, cli_fails, drop_log_handlers, edit_json, one_line, overwrite, rm,
+                     run_argv, snapshot, truncate, yaml_bomb)
+from peft_tags import config as recipe_mod
+from peft_tags import tasks
+from peft_tags.config.validate import required
 from peft_tags.backbones import ALIASES
 from peft_tags.cli import _positive_int, build_parser
 from peft_tags.cli import main as cli_main
 from peft_tags.methods import REGISTRY
 
-SHARED = Path(os.environ.get("PEFT_TAGS_DATA") or REPO / ".." / "shared" / "data").resolve()
-if not (SHARED / "jd-ner" / "train.txt").is_file():
-    pytest.skip(f"the shipped data is not at {SHARED}", allow_module_level=True)
+if not (SHARED_DATA / "jd-ner" / "train.txt").is_file():
+    pytest.skip(f"the shipped data is not at {SHARED_DATA}", allow_module_level=True)
 
 N_TITLES = 40  # titles (or lines) copied from each shipped data file
 RECIPES = {f"{p.parent.name}-{p.stem}": p for p in sorted((REPO / "recipes").rglob("*.yaml"))}
@@ -50,8 +50,8 @@ def _first_lines(path: Path, n: int = N_TITLES) -> str:
     return "".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:n])
 
 
-CONLL = {split: _first_titles(SHARED / "jd-ner" / f"{split}.txt") for split in ("train", "dev", "test")}
-ATTRIBUTE_VALUE = {split: _first_lines(SHARED / "oa-mine" / f"{split}.jsonl") for split in ("train", "test")}
+CONLL = {split: _first_titles(SHARED_DATA / "jd-ner" / f"{split}.txt") for split in ("train", "dev", "test")}
+ATTRIBUTE_VALUE = {split: _first_lines(SHARED_DATA / "oa-mine" / f"{split}.jsonl") for split in ("train", "test")}
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,7 @@ def material(tmp_path_factory, tiny_backbone):
     runs = {"tagging": root / "runs" / "tagging", "multilabel": root / "runs" / "multilabel"}
     assert cli_main(["train", str(RECIPES["jd-ner-lora"]), *common, f"output.dir={runs['tagging']}"]) == 0
     assert cli_main(["train", str(RECIPES["jd-tags-lora"]), *common, f"output.dir={runs['multilabel']}"]) == 0
-    for handler in logging.getLogger().handlers[:]:  # training logs to the stderr of this setup
-        logging.getLogger().removeHandler(handler)
+    drop_log_handlers()  # training logs to the stderr of this setup
     for kind, run in runs.items():  # what the run-directory cases are generated for
         assert set(RUN_FILES[kind]) <= {p.name for p in run.iterdir()}, sorted(run.iterdir())
         assert set(LABEL_KEYS[kind]) <= set(json.loads((run / "labels.json").read_text(encoding="utf-8")))
@@ -90,18 +89,6 @@ def material(tmp_path_factory, tiny_backbone):
 
 
 # ============================================================================= checking one case
-def snapshot(*roots: Path) -> dict:
-    """Every path under the roots with its size (-1 for a directory)."""
-    out = {}
-    for root in roots:
-        out[str(root)] = root.lstat().st_size if os.path.lexists(root) and not root.is_dir() else -1
-        for dirpath, dirs, files in os.walk(root):
-            for name in dirs + files:
-                p = Path(dirpath) / name
-                out[str(p)] = -1 if p.is_dir() and not p.is_symlink() else p.lstat().st_size
-    return out
-
-
 def _repo_entries() -> set[str]:
     return {p.name for p in REPO.iterdir() if p.name not in (".pytest_cache",)}
 
@@ -110,21 +97,10 @@ def fails(argv, culprits, roots, capsys) -> str:
     """Run the CLI in-process: exit 2, stderr exactly one non-empty line naming every culprit, no
     traceback, and nothing under ``roots`` (nor in the repository) created, deleted or resized."""
     before, repo = snapshot(*roots), _repo_entries()
-    capsys.readouterr()
-    try:
-        rc = cli_main([str(a) for a in argv])
-    except SystemExit as e:  # argparse
-        rc = e.code
-    err = capsys.readouterr().err
-    assert rc == 2, (rc, err)
-    assert "Traceback" not in err, err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].strip(), f"expected one line, got {err!r}"
-    for culprit in culprits:
-        assert str(culprit) in lines[0], (culprit, lines[0])
+    line = cli_fails(argv, capsys, *culprits, exact=True)
     assert snapshot(*roots) == before
     assert _repo_entries() == repo
-    return lines[0]
+    return line
 
 
 # ============================================================================= recipes: keys and values
@@ -136,6 +112,11 @@ def _section_fields(section: str, raw: dict) -> dict:
     if section == "method":
         cls = REGISTRY[raw["method"]["name"]].options_cls
         return {"name": None, **{f.name: f for f in dataclasses.fields(cls)}}
+    if section == "task":
+        from peft_tags import tasks
+
+        cls = tasks.get((raw.get("task") or {}).get("type", tasks.DEFAULT)).options_cls
+        return {f.name: f for f in dataclasses.fields(cls)}
     return {f.name: f for f in dataclasses.fields(SCHEMA[section])}
 
 
@@ -159,7 +140,7 @@ def misspell(word: str, taken) -> str:
 def _required(raw: dict) -> list[str]:
     """Dotted keys the recipe cannot do without: the schema's fields without a default, and the
     dev file of a multi-label recipe (its thresholds are tuned on dev)."""
-    keys = [f"{s}.{f.name}" for s, cls in SCHEMA.items() for f in dataclasses.fields(cls) if recipe_mod._required(f)]
+    keys = [f"{s}.{f.name}" for s, cls in SCHEMA.items() for f in dataclasses.fields(cls) if required(f)]
     if raw["task"].get("type") == "multilabel":
         keys.append("data.dev")
     return [k for k in keys if k.split(".")[1] in (raw.get(k.split(".")[0]) or {})]
@@ -264,7 +245,9 @@ for rid, raw in RAWS.items():
             wrong += [(str(v), v) for v in lows]
         elif isinstance(value, str):
             wrong = [("list", [value]), ("mapping", {value: 1})]
-            choices = meta.get("choices") or (tuple(REGISTRY) if dotted == "method.name" else None)
+            choices = meta.get("choices") or (tuple(REGISTRY) if dotted == "method.name" else None) \
+                or (tuple(tasks.names()) if dotted == "task.type" else None)
+            choices = choices() if callable(choices) else choices
             if choices:
                 wrong.append((f"choice-{misspell(value, choices)}", misspell(value, choices)))
         elif isinstance(value, list):
@@ -352,10 +335,6 @@ def _text(lines) -> str:
     return "".join(lines)
 
 
-def _bomb(levels: int = 30) -> str:
-    return "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 2) if i else 'lol, lol'}]\n" for i in range(levels))
-
-
 YAML_CASES = []  # (id, recipe id, content bytes, culprits)
 for k, line in _key_lines("jd-ner-lora"):
     if line.startswith("  "):
@@ -386,7 +365,7 @@ for rid in ("jd-ner-lora", "jd-tags-lora", "jd-ner-adalora"):
         (f"yaml-{rid}-only-comments", rid, _text(l for l in lines if l.lstrip().startswith("#")).encode(), ["empty"]),
         (f"yaml-{rid}-2MiB", rid, (TEXTS[rid] + "# " + "x" * (2 << 20) + "\n").encode(), ["bytes", "at most 1 MiB"]),
         (f"yaml-{rid}-alias-bomb-in-method", rid,
-         TEXTS[rid].replace("method:\n", _bomb() + "method:\n  bomb: *l29\n").encode(), ["too many YAML"]),
+         TEXTS[rid].replace("method:\n", yaml_bomb(30) + "method:\n  bomb: *l29\n").encode(), ["too many YAML"]),
     ]
 YAML_CASES += [
     ("yaml-empty-file", "jd-ner-lora", b"", ["empty"]),
@@ -578,53 +557,30 @@ LABEL_KEYS = {  # keys of labels.json that a run's loader reads ('task' defaults
 COMMANDS = {"tagging": ("predict", "export"), "multilabel": ("predict", "export", "retune")}
 
 
-def _rm(name):
-    return lambda run: (run / name).unlink()
-
-
-def _truncate(name, keep=lambda size: size // 2):
-    def edit(run):
-        data = (run / name).read_bytes()
-        (run / name).write_bytes(data[: keep(len(data))])
-    return edit
-
-
-def _content(name, content: bytes):
-    return lambda run: (run / name).write_bytes(content)
-
-
-def _json_edit(name, change):
-    def edit(run):
-        d = json.loads((run / name).read_text(encoding="utf-8"))
-        change(d)
-        (run / name).write_text(json.dumps(d), encoding="utf-8")
-    return edit
-
-
-RUN_CASES = []  # (id, run kind, command, edit(run), culprits)
+RUN_CASES = []  # (id, run kind, command, edit(run), culprits): edits by helpers' rm, overwrite, truncate, edit_json
 for kind, files in RUN_FILES.items():
     mutations = []
     for name in files:
-        mutations += [(f"delete-{name}", _rm(name), [name]), (f"empty-{name}", _content(name, b""), ["@" + name])]
+        mutations += [(f"delete-{name}", rm(name), [name]), (f"empty-{name}", overwrite(name, b""), ["@" + name])]
         if name.endswith(".safetensors"):
-            mutations.append((f"truncate-half-{name}", _truncate(name), ["@" + name]))
+            mutations.append((f"truncate-half-{name}", truncate(name), ["@" + name]))
         if name.endswith(".json"):
-            mutations += [(f"invalid-json-{name}", _truncate(name, lambda n: n // 2), ["@" + name, "invalid JSON"]),
-                          (f"not-an-object-{name}", _content(name, b"[]"), ["@" + name])]
+            mutations += [(f"invalid-json-{name}", truncate(name), ["@" + name, "invalid JSON"]),
+                          (f"not-an-object-{name}", overwrite(name, b"[]"), ["@" + name])]
     for key in LABEL_KEYS[kind]:
-        mutations.append((f"labels.json-without-{key}", _json_edit("labels.json", lambda d, key=key: d.pop(key)),
+        mutations.append((f"labels.json-without-{key}", edit_json("labels.json", lambda d, *_, key=key: d.pop(key)),
                           ["@labels.json"]))
     mutations += [
-        ("adapter_config.json-r-doubled", _json_edit("adapter_config.json", lambda d: d.update(r=2 * d["r"])),
+        ("adapter_config.json-r-doubled", edit_json("adapter_config.json", lambda d, *_: d.update(r=2 * d["r"])),
          ["@adapter_config.json", "'r'"]),
-        ("adapter_config.json-r-zero", _json_edit("adapter_config.json", lambda d: d.update(r=0)),
+        ("adapter_config.json-r-zero", edit_json("adapter_config.json", lambda d, *_: d.update(r=0)),
          ["@adapter_config.json", "'r'"]),
-        ("adapter_config.json-other-base-model", _json_edit(
-            "adapter_config.json", lambda d: d.update(base_model_name_or_path="/elsewhere/other-bert")),
+        ("adapter_config.json-other-base-model", edit_json(
+            "adapter_config.json", lambda d, *_: d.update(base_model_name_or_path="/elsewhere/other-bert")),
          ["@adapter_config.json", "other-bert"]),
-        ("recipe.yaml-garbage-bytes", _content("recipe.yaml", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff"), ["@recipe.yaml"]),
-        ("recipe.yaml-garbage-yaml", _content("recipe.yaml", b"backbone: [\n  name: {x\n"), ["@recipe.yaml", "invalid YAML"]),
-        ("recipe.yaml-truncated-half", _truncate("recipe.yaml"), ["@recipe.yaml"]),
+        ("recipe.yaml-garbage-bytes", overwrite("recipe.yaml", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff"), ["@recipe.yaml"]),
+        ("recipe.yaml-garbage-yaml", overwrite("recipe.yaml", b"backbone: [\n  name: {x\n"), ["@recipe.yaml", "invalid YAML"]),
+        ("recipe.yaml-truncated-half", truncate("recipe.yaml"), ["@recipe.yaml"]),
     ]
     for mid, edit, culprits in mutations:
         for command in COMMANDS[kind]:
@@ -635,11 +591,6 @@ for kind, files in RUN_FILES.items():
             RUN_CASES.append((f"run-{kind}-{command}-{mid}", kind, command, edit, culprits))
 
 
-def _run_argv(command, run, tmp_path):
-    return {"predict": ["predict", run, "华为黑色手机壳"], "export": ["export", run, tmp_path / "dest"],
-            "retune": ["retune", run]}[command]
-
-
 @pytest.mark.parametrize("case", RUN_CASES, ids=[c[0] for c in RUN_CASES])
 def test_run_directory_mutation(case, material, tmp_path, capsys):
     _, kind, command, edit, culprits = case
@@ -647,7 +598,7 @@ def test_run_directory_mutation(case, material, tmp_path, capsys):
     shutil.copytree(material["runs"][kind], run)
     edit(run)
     culprits = [run / c[1:] if c.startswith("@") else c for c in culprits]
-    fails(_run_argv(command, run, tmp_path), culprits, (tmp_path, material["root"]), capsys)
+    fails(run_argv(command, run, tmp_path), culprits, (tmp_path, material["root"]), capsys)
 
 
 # ============================================================================= CLI usage
@@ -743,38 +694,31 @@ def test_process_level_output_has_no_traceback(family, case, material, tmp_path)
         run = tmp_path / "run"
         shutil.copytree(material["runs"][kind], run)
         edit(run)
-        argv, culprits = _run_argv(command, run, tmp_path), [run / c[1:] if c.startswith("@") else c for c in culprits]
+        argv, culprits = run_argv(command, run, tmp_path), [run / c[1:] if c.startswith("@") else c for c in culprits]
     else:
         _, argv, _, culprits = case
         run = tmp_path / "run"
         shutil.copytree(material["runs"]["tagging"], run)
         argv = [str(run) if a == "@run" else a for a in argv]
     before = snapshot(tmp_path, material["root"])
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-m", "peft_tags.cli", *map(str, argv)], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=300)
+                          env=child_env(), cwd=tmp_path, timeout=300)
     assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
-    lines = done.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].strip(), done.stderr
-    for culprit in culprits:
-        assert str(culprit) in lines[0], (culprit, lines[0])
+    one_line(done.stderr, *culprits, exact=True)
     assert done.stdout == ""
     assert snapshot(tmp_path, material["root"]) == before
 
 
-def test_benchmarks_read_run_recipes_through_the_capped_loader(tmp_path, monkeypatch):
+def test_benchmarks_read_run_recipes_through_the_capped_loader(tmp_path):
     from peft_tags.recipe import YamlTooBig
 
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    import harness
-    import methods_table
+    from benchmarks import cells, methods_table
 
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.json").write_text("{}", encoding="utf-8")
-    (run / "recipe.yaml").write_text(_bomb(60), encoding="utf-8")
-    for read in (methods_table.read_run, lambda r: harness.collect(None, r, "", 0.0, {})):
+    (run / "recipe.yaml").write_text(yaml_bomb(60), encoding="utf-8")
+    for read in (methods_table.read_run, lambda r: cells.collect(None, r, "", 0.0, {})):
         with pytest.raises(YamlTooBig):
             read(run)
 

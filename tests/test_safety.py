@@ -11,37 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, write_recipe
+from conftest import write_recipe
+from helpers import REPO, one_line, snapshot, train_in_subprocess
 from peft_tags import owned
 from peft_tags.cli import main as cli_main
 from peft_tags.lock import OutputLock
 from peft_tags.preflight import latest_checkpoint
-
-
-def one_line(err: str, *culprits: str) -> str:
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for c in culprits:
-        assert c in lines[0], lines[0]
-    return lines[0]
-
-
-def snapshot(*roots: Path) -> dict:
-    """Every path under the roots with its size: what a refused command must leave as it was."""
-    out = {}
-    for root in roots:
-        for dirpath, dirs, files in os.walk(root):
-            for name in dirs + files:
-                p = Path(dirpath) / name
-                out[str(p)] = p.lstat().st_size if not p.is_dir() else -1
-    return out
-
-
-def _kill(recipe: Path, step: int, *overrides: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", KILL_AT=str(step), KILL_KIND="step")
-    return subprocess.run([sys.executable, str(REPO / "tests" / "killpoints.py"), str(recipe), *overrides],
-                          capture_output=True, text=True, env=env, cwd=recipe.parent, timeout=600)
 
 
 @pytest.fixture
@@ -151,8 +126,7 @@ def test_a_second_run_on_the_same_output_fails_fast_and_touches_nothing(tmp_path
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, tiny_backbone, toy_data):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (tmp_path / "out.lock").write_text(json.dumps({"format": "peft-tags-lock/1", "pid": int(dead.stdout), "host": "h",
+    (tmp_path / "out.lock").write_text(json.dumps({"format": "peft-tags-lock/1", "pid": _dead_pid(), "host": "h",
                                                    "since": "then"}))
     recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_data, tmp_path / "out", epochs=1)
     assert cli_main(["train", str(recipe)]) == 0
@@ -173,7 +147,7 @@ def crashed(tmp_path, tiny_backbone, toy_data) -> Path:
     """A run killed (-9) before its 9th step, with checkpoints at steps 4 and 8."""
     recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_data, tmp_path / "out", epochs=2,
                           checkpoint_every_steps=4)
-    assert _kill(recipe, 9).returncode == -9
+    assert train_in_subprocess(recipe, kill_at=9).returncode == -9
     return recipe
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,24 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, write_recipe
+from conftest import write_recipe
+from helpers import child_env, train_in_subprocess
 from peft_tags.cli import main as cli_main
 from peft_tags.preflight import latest_checkpoint
 
 EXPECTED_FILES = {".peft-tags.json", "README.md", "adapter_config.json", "adapter_model.safetensors", "head.safetensors", "labels.json",
                   "recipe.yaml", "metrics.json", "dev_report.txt", "test_report.txt"}
-
-
-def _env(kill_at_step: int = 0):
-    """kill_at_step: the run SIGKILLs itself before that optimizer step (tests/killpoints.py)."""
-    return dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
-                KILL_AT=str(kill_at_step), KILL_KIND="step")
-
-
-def _train_subprocess(recipe: Path, *overrides: str, env=None, launcher=None) -> subprocess.CompletedProcess:
-    script = REPO / "tests" / "killpoints.py" if launcher is None else REPO / "run_recipe.py"
-    cmd = (launcher or [sys.executable]) + [str(script), str(recipe), *overrides]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env or _env(), cwd=recipe.parent, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +58,8 @@ def test_round_trip_in_a_fresh_process_gives_identical_predictions(lora_run, toy
     here = [[t.as_dict() for t in tags] for tags in Tagger.load(lora_run).tag(titles)]
     code = ("import json,sys; from peft_tags.predict import Tagger; "
             f"print(json.dumps([[t.as_dict() for t in ts] for ts in Tagger.load(sys.argv[1]).tag({titles!r})]))")
-    out = subprocess.run([sys.executable, "-c", code, str(lora_run)], capture_output=True, text=True, env=_env(), check=True)
+    out = subprocess.run([sys.executable, "-c", code, str(lora_run)], capture_output=True, text=True, env=child_env(),
+                         check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == here
     assert any(here), "the trained toy model tags nothing"
 
@@ -138,12 +127,12 @@ def test_resume_after_a_crash_ends_like_an_uninterrupted_run(method, tmp_path, t
                             epochs=2, checkpoint_every_steps=3)
     broken = write_recipe(tmp_path / "b.yaml", tiny_backbone, toy_data, tmp_path / "b", method=method, method_options=opts,
                           epochs=2, checkpoint_every_steps=3)
-    assert _train_subprocess(straight).returncode == 0
-    crashed = _train_subprocess(broken, env=_env(kill_at_step=8))  # killed after 7 steps
+    assert train_in_subprocess(straight).returncode == 0
+    crashed = train_in_subprocess(broken, kill_at=8)  # killed after 7 steps
     assert crashed.returncode == -9
     assert not (tmp_path / "b").exists(), "a crashed run must not leave an output directory"
     assert latest_checkpoint(tmp_path / "b.work").name == "checkpoint-2"  # steps 3 and 6
-    resumed = _train_subprocess(broken, "training.resume=true")
+    resumed = train_in_subprocess(broken, "training.resume=true")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stderr
     a = json.loads((tmp_path / "a" / "metrics.json").read_text())
@@ -173,7 +162,7 @@ def test_two_processes_with_ddp_over_gloo(method, tmp_path, tiny_backbone, toy_d
                           method=method, method_options=ADALORA if method == "adalora" else None, grad_accum=accum)
     launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--cpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    done = _train_subprocess(recipe, launcher=launcher)
+    done = train_in_subprocess(recipe, launcher=launcher)
     assert done.returncode == 0, done.stderr[-3000:]
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert m["processes"] == 2
@@ -189,7 +178,7 @@ def test_two_processes_with_ddp_over_gloo(method, tmp_path, tiny_backbone, toy_d
 def test_a_fresh_run_clears_leftovers_of_a_crashed_one(tmp_path, tiny_backbone, toy_data):
     recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_data, tmp_path / "out", epochs=2,
                           checkpoint_every_steps=5)
-    crashed = _train_subprocess(recipe, env=_env(kill_at_step=12))
+    crashed = train_in_subprocess(recipe, kill_at=12)
     assert crashed.returncode == -9 and latest_checkpoint(tmp_path / "out.work") is not None
     assert cli_main(["train", str(recipe)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "r.yaml"]
@@ -197,7 +186,7 @@ def test_a_fresh_run_clears_leftovers_of_a_crashed_one(tmp_path, tiny_backbone, 
 
 def test_resume_refuses_a_checkpoint_of_another_recipe(tmp_path, tiny_backbone, toy_data, capsys):
     recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_data, tmp_path / "out", epochs=2, checkpoint_every_steps=5)
-    crashed = _train_subprocess(recipe, env=_env(kill_at_step=7))
+    crashed = train_in_subprocess(recipe, kill_at=7)
     assert crashed.returncode == -9
     assert cli_main(["train", str(recipe), "training.resume=true", "training.lr=0.001"]) == 2
     assert "'training.lr' differs" in capsys.readouterr().err
