@@ -1,12 +1,12 @@
 """Run the benchmark grid: every method of every task at a few learning rates, side by side.
 
-    python benchmarks/harness.py --budget cpu                   # whole grid (about two hours here)
-    python benchmarks/harness.py --budget smoke                 # minutes: does every cell run?
-    python benchmarks/harness.py --budget cpu --dry-run         # the cells and their commands
-    python benchmarks/harness.py --budget cpu --method lora,full   # some methods only
-    python benchmarks/harness.py --budget cpu --report-only     # rebuild the reports from the results
-    python benchmarks/harness.py --budget full --cell full@lr=3e-4 --seeds 42,43   # one cell, two seeds
-    python benchmarks/harness.py --budget long --method bottleneck-houlsby,adalora,full   # 12 epochs
+    python -m benchmarks.harness --budget cpu                   # whole grid (about two hours here)
+    python -m benchmarks.harness --budget smoke                 # minutes: does every cell run?
+    python -m benchmarks.harness --budget cpu --dry-run         # the cells and their commands
+    python -m benchmarks.harness --budget cpu --method lora,full   # some methods only
+    python -m benchmarks.harness --budget cpu --report-only     # rebuild the reports from the results
+    python -m benchmarks.harness --budget full --cell full@lr=3e-4 --seeds 42,43   # one cell, two seeds
+    python -m benchmarks.harness --budget long --method bottleneck-houlsby,adalora,full   # 12 epochs
 
 Each cell trains ``run_recipe.py RECIPE <budget overrides> <sweep value>`` in a fresh process
 and leaves one JSON under ``benchmarks/results/grid/<budget>/<task>/cells/`` (scores, parameters,
@@ -22,89 +22,25 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import json
-import math
 import re
-import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import yaml
+from peft_tags.preflight import latest_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from provenance import code_fingerprint, committed_unchanged, provenance, tree_state  # noqa: E402
-from report import short_float, write_reports  # noqa: E402
-
-from peft_tags.preflight import latest_checkpoint  # noqa: E402
-from peft_tags.recipe import yaml_load  # noqa: E402  (recipes: the loader with the alias-bomb caps)
-
-STOCK_ARGS = {"data.max_train_examples": "--max-train", "data.max_dev_examples": "--max-dev",
-              "data.max_test_examples": "--max-test", "training.epochs": "--epochs"}
-
-
-class GridError(Exception):
-    """A mistake in the grid file or the command line: one line, exit 2."""
-
-
-# ---------------------------------------------------------------------------------------------
-# the grid
-
-
-@dataclass
-class Cell:
-    task: str
-    method: str
-    kind: str                  # "recipe" or "stock"
-    recipe: str | None         # repo-relative recipe path (kind == "recipe")
-    overrides: list[str]       # budget overrides, then the sweep value
-    sweep_key: str
-    sweep_value: float
-    stock: dict = field(default_factory=dict)
-    seed: int | None = None    # None: the recipe's own seed (the stock recipe's: 42)
-
-    @property
-    def base_name(self) -> str:
-        return f"{self.method}@{self.sweep_key.rsplit('.', 1)[-1]}={short_float(self.sweep_value)}"
-
-    @property
-    def name(self) -> str:
-        return self.base_name + ("" if self.seed is None else f",seed={self.seed}")
-
-    def with_seed(self, seed: int) -> "Cell":
-        """This cell trained with ``seed``; the cell itself where that is its own seed already."""
-        if seed == own_seed(self):
-            return self
-        if self.kind == "stock":
-            return replace(self, stock={**self.stock, "seed": seed}, seed=seed)
-        return replace(self, overrides=[*self.overrides, f"training.seed={seed}"], seed=seed)
-
-
-STOCK_SEED = 42  # benchmarks/stock_recipe.py --seed default
-
-
-def own_seed(cell: Cell) -> int:
-    """The seed a cell trains with when none is asked for: its resolved recipe's."""
-    if cell.kind == "stock":
-        return STOCK_SEED
-    from peft_tags.errors import UserError
-    from peft_tags.recipe import load_recipe, recipe_to_dict
-    try:
-        return int(recipe_to_dict(load_recipe(REPO / cell.recipe, cell.overrides))["training"]["seed"])
-    except UserError as e:
-        raise GridError(f"{cell.task}/{cell.name}: {str(e).splitlines()[0]}") from None
-
+from .cells import cell_command, collect, fingerprint, shown_command, write_json
+from .grid import REPO, Cell, GridError, budget_settings, load_grid
+from .provenance import code_fingerprint, committed_unchanged, provenance, tree_state
+from .report import write_reports
 
 SEED_FILE = re.compile(r",seed=(\d+)\.json$")
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
+    """The seeds of ``--seeds`` (comma-separated whole numbers), or None."""
     if not text:
         return None
     seeds = []
@@ -115,204 +51,6 @@ def parse_seeds(text: str | None) -> list[int] | None:
             raise GridError(f"--seeds: {part} is listed twice")
         seeds.append(int(part))
     return seeds or None
-
-
-def _number(value, where: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise GridError(f"{where}: '{value}' is not a number") from None
-    if not math.isfinite(v) or v <= 0:
-        raise GridError(f"{where}: {value} must be a positive number")
-    return v
-
-
-def load_grid(path: Path, budget: str, tasks: list[str] | None = None, methods: list[str] | None = None) -> list[Cell]:
-    """The cells of ``path`` for ``budget``: ordered so that every method's first sweep value runs
-    before any second one (a grid cut short still has a row per method)."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise GridError(f"{path}: cannot read the grid file ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise GridError(f"{path}{f':{mark.line + 1}' if mark else ''}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(raw, dict) or set(raw) - {"budgets", "tasks"} or "tasks" not in raw or "budgets" not in raw:
-        raise GridError(f"{path}: the grid needs exactly the keys 'budgets' and 'tasks'")
-    budgets = raw["budgets"] or {}
-    if not isinstance(budgets, dict):
-        raise GridError(f"{path}: 'budgets' must map budget names (smoke, cpu, full) to their settings")
-    bad = next((b for b in budgets if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", str(b))), None)
-    if bad is not None:
-        raise GridError(f"{path}: budgets.{bad}: a budget name is letters, digits, '.', '_' and '-' (it names folders)")
-    if budget not in budgets:
-        raise GridError(f"{path}: budgets.{budget} is not defined (defined: {', '.join(budgets) or 'none'})")
-    b = budgets[budget] or {}
-    if not isinstance(b, dict) or set(b) - {"overrides", "sweep"}:
-        raise GridError(f"{path}: budgets.{budget} takes 'overrides' (a list of key=value) and 'sweep' (true/false)")
-    budget_overrides = [str(o) for o in (b.get("overrides") or [])]
-    for o in budget_overrides:
-        if "=" not in o:
-            raise GridError(f"{path}: budgets.{budget}.overrides: '{o}' is not key=value")
-    sweep_all = b.get("sweep", True)
-    if not isinstance(sweep_all, bool):
-        raise GridError(f"{path}: budgets.{budget}.sweep must be true or false")
-    all_tasks = raw["tasks"] or {}
-    if not isinstance(all_tasks, dict) or not all_tasks:
-        raise GridError(f"{path}: 'tasks' must map task names to their methods")
-    for t in tasks or []:
-        if t not in all_tasks:
-            raise GridError(f"--task: no task '{t}' in {path} (tasks: {', '.join(all_tasks)})")
-    rounds: list[list[Cell]] = []
-    seen_methods = set()
-    safe = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    for task, spec in all_tasks.items():
-        if tasks and task not in tasks:
-            continue
-        where = f"{path}: tasks.{task}"
-        if not safe.match(str(task)):
-            raise GridError(f"{where}: a task name is letters, digits, '.', '_' and '-' (it names files)")
-        if not isinstance(spec, dict) or set(spec) - {"methods", "reference"} or not isinstance(spec.get("methods"), dict):
-            raise GridError(f"{where}: needs 'methods' (name -> recipe and sweep) and may have 'reference'")
-        entries = []
-        reference = spec.get("reference") or {}
-        if not isinstance(reference, dict):
-            raise GridError(f"{where}.reference: expected {{stock: {{...}}}}")
-        for name, ref in reference.items():
-            if name != "stock" or not isinstance(ref, dict):
-                raise GridError(f"{where}.reference: only 'stock' (the stock Hugging Face recipe) is known, got '{name}'")
-            unknown = set(ref) - {"train", "dev", "test", "backbone", "epochs", "lr"}
-            if unknown:
-                raise GridError(f"{where}.reference.stock: unknown key '{sorted(unknown)[0]}'")
-            entries.append(("stock-hf", None, "stock.lr", [_number(ref.get("lr", 1e-3), f"{where}.reference.stock.lr")], ref))
-        for name, m in spec["methods"].items():
-            w = f"{where}.methods.{name}"
-            if not safe.match(str(name)) or name == "stock-hf":
-                raise GridError(f"{w}: a method name is letters, digits, '.', '_' and '-' (it names files), "
-                                f"and not 'stock-hf' (the reference row)")
-            if not isinstance(m, dict) or set(m) - {"recipe", "sweep", "overrides"} or not isinstance(m.get("recipe"), str):
-                raise GridError(f"{w}: needs 'recipe' (a path) and may have 'sweep' ({{key: [values]}}) and 'overrides'")
-            recipe = REPO / m["recipe"]
-            if not recipe.is_file():
-                raise GridError(f"{w}.recipe: no such file: {m['recipe']}")
-            sweep = m.get("sweep") or {"training.lr": [None]}
-            if not isinstance(sweep, dict) or len(sweep) != 1:
-                raise GridError(f"{w}.sweep: one key with a list of positive numbers, e.g. {{training.lr: [1.0e-3, 3.0e-3]}}")
-            (key, values), = sweep.items()
-            if not isinstance(values, list) or not values:
-                raise GridError(f"{w}.sweep.{key}: a non-empty list of values")
-            if values == [None]:
-                from peft_tags.errors import UserError
-                from peft_tags.recipe import load_recipe, recipe_to_dict
-                try:
-                    values = [recipe_to_dict(load_recipe(recipe))["training"]["lr"]]
-                except UserError as e:
-                    raise GridError(f"{w}.recipe: {str(e).splitlines()[0]}") from None
-            values = [_number(v, f"{w}.sweep.{key}") for v in values]
-            if len(set(values)) != len(values):
-                raise GridError(f"{w}.sweep.{key}: a value is listed twice")
-            extra = [str(o) for o in (m.get("overrides") or [])]
-            entries.append((name, m["recipe"], key, values, extra))
-        for method, recipe, key, values, extra in entries:
-            if methods and method not in methods:
-                continue
-            seen_methods.add(method)
-            for i, v in enumerate(values if sweep_all else values[:1]):
-                while len(rounds) <= i:
-                    rounds.append([])
-                if recipe is None:
-                    rounds[i].append(Cell(task, method, "stock", None, list(budget_overrides), key, v, stock=dict(extra)))
-                else:
-                    rounds[i].append(Cell(task, method, "recipe", recipe, [*budget_overrides, *extra, f"{key}={v!r}"], key, v))
-    for m in methods or []:
-        if m not in seen_methods:
-            raise GridError(f"--method: no method '{m}' in the chosen tasks of {path}")
-    return [c for r in rounds for c in r]
-
-
-# ---------------------------------------------------------------------------------------------
-# one cell
-
-
-def cell_command(cell: Cell, out: Path) -> list[str]:
-    if cell.kind == "stock":
-        opts = {f"--{key}": str(cell.stock[key]) for key in ("train", "dev", "test", "backbone", "epochs", "seed")
-                if key in cell.stock}
-        for o in cell.overrides:  # the budget's sizes and epochs apply to the stock recipe too
-            key, value = o.split("=", 1)
-            if key in STOCK_ARGS:
-                opts[STOCK_ARGS[key]] = value
-        opts["--lr"] = repr(cell.sweep_value)
-        return [sys.executable, "benchmarks/stock_recipe.py", "--out", str(out), *(x for kv in opts.items() for x in kv)]
-    return [sys.executable, "run_recipe.py", cell.recipe, *cell.overrides, f"output.dir={out}", "output.overwrite=true",
-            "training.log_with=none"]
-
-
-def shown_command(cell: Cell, out: Path) -> str:
-    """The command that re-runs a cell alone, from the repository root."""
-    if out.is_absolute() and out.is_relative_to(REPO):
-        out = out.relative_to(REPO)
-    return " ".join(shlex.quote(a) for a in ["python", *cell_command(cell, out)[1:]])
-
-
-def fingerprint(cell: Cell) -> str:
-    """What a finished cell must still match to be reused: the resolved recipe (less where it is
-    written), or the stock recipe's command line."""
-    if cell.kind == "stock":
-        what = cell_command(cell, Path("OUT"))[1:]
-    else:
-        from peft_tags.recipe import load_recipe, recipe_to_dict
-        from peft_tags.errors import UserError
-        try:
-            d = recipe_to_dict(load_recipe(REPO / cell.recipe, cell.overrides))
-        except UserError as e:
-            raise GridError(f"{cell.task}/{cell.name}: {str(e).splitlines()[0]}") from None
-        d.pop("output", None)
-        d["training"].pop("resume", None)
-        d["training"].pop("log_with", None)
-        what = d
-    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def saved_file(run: Path) -> tuple[str, int]:
-    for rel in ("adapter_model.safetensors", "model/model.safetensors", "head.safetensors"):
-        if (run / rel).is_file():
-            return rel, (run / rel).stat().st_size
-    return "", 0
-
-
-def collect(cell: Cell, run: Path, fp: str, wall: float, prov: dict) -> dict:
-    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    seed = None
-    if (run / "recipe.yaml").is_file():
-        seed = (yaml_load((run / "recipe.yaml").read_text(encoding="utf-8")).get("training") or {}).get("seed")
-    else:
-        seed = (m.get("settings") or {}).get("seed")
-    rel, size = saved_file(run)
-    on_gpu = str(m.get("device", "cpu")).startswith("cuda")
-    return {
-        "status": "ok", "task": cell.task, "method": cell.method, "cell": cell.name, "kind": cell.kind,
-        "recipe": cell.recipe or m.get("recipe"), "overrides": cell.overrides, "sweep": {cell.sweep_key: cell.sweep_value},
-        "seed": seed, "fingerprint": fp,
-        "command": shown_command(cell, run),
-        **{k: m.get(k) for k in ("dev_micro_f1", "dev_macro_f1", "test_micro_f1", "test_macro_f1")},
-        "best_epoch": (m.get("best") or {}).get("epoch"), "history": m.get("history"),
-        "parameters": m["parameters"],
-        "train_seconds": m["train_seconds"], "wall_seconds": round(wall, 1),
-        "train_titles_per_s": m["train_titles_per_s"], "eval_titles_per_s": m["eval_titles_per_s"],
-        "peak_memory_mb": m["peak_memory_mb"], "memory_kind": "cuda max allocated" if on_gpu else "process peak RSS",
-        "saved_file": rel, "saved_file_bytes": size,
-        "device": m.get("device"), "mixed_precision": m.get("mixed_precision"), "processes": m.get("processes"),
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "provenance": {**prov, "threads": m.get("threads", prov["threads"])},
-    }
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,7 +211,7 @@ def _main(args) -> int:
     dirty = dirty or not committed_unchanged(args.grid)  # a grid file outside the commit cannot be reproduced from it
     root = args.results or (REPO / "benchmarks" / "results" / ("grid-dirty" if dirty else "grid"))
     results = root / args.budget
-    command = " ".join(["python benchmarks/harness.py", f"--budget {args.budget}"]
+    command = " ".join(["python -m benchmarks.harness", f"--budget {args.budget}"]
                        + ([f"--grid {args.grid}"] if args.grid != REPO / "benchmarks" / "grid.yaml" else [])
                        + ([f"--task {args.task}"] if args.task else []) + ([f"--method {args.method}"] if args.method else [])
                        + ([f"--cell {args.cell}"] if args.cell else []) + ([f"--seeds {args.seeds}"] if args.seeds else []))
@@ -543,9 +281,9 @@ def _main(args) -> int:
                                           "fingerprint": fp, "code": code, "error": err, "exit_code": rc, "provenance": prov})
                 failed.append(c)
                 progress.say(f"    FAILED (exit {rc}): {err}  [log: {out.with_name(out.name + '.log')}]")
-    budget_settings = yaml.safe_load(args.grid.read_text(encoding="utf-8"))["budgets"][args.budget] or {}
+    settings = budget_settings(args.grid, args.budget)
     for task in sorted(current):
-        for p in write_reports(results / task, task=task, budget=args.budget, command=command, grid=budget_settings,
+        for p in write_reports(results / task, task=task, budget=args.budget, command=command, grid=settings,
                                current=current[task]):
             print(f"wrote {p}")
     if failed:

@@ -1,12 +1,13 @@
 """Collect finished jd-ner runs of every method into one table (Markdown + JSON).
 
-    python benchmarks/methods_table.py RUN_DIR [RUN_DIR ...] --out benchmarks/results/jd-ner-methods \\
+    python -m benchmarks.methods_table RUN_DIR [RUN_DIR ...] --out OUT \\
         [--note "free text kept with the results"]
 
 Each RUN_DIR is an output directory of ``run_recipe.py``; everything in the table is read from
 its ``metrics.json``, ``recipe.yaml`` and the files on disk (adapter file size). Runs of the
 same recipe at several learning rates are grouped: the one with the best dev micro-F1 is the
-row, the others are listed with their dev scores (selection on dev, report on test).
+row, the others are listed with their dev scores (selection on dev, report on test). Writes
+``OUT.json`` and ``OUT.md``.
 """
 from __future__ import annotations
 
@@ -15,10 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from peft_tags.config.yamlio import yaml_load  # the capped loader (recipes' alias-bomb caps)
 
-from peft_tags.recipe import yaml_load  # noqa: E402  (recipes: the loader with the alias-bomb caps)
+from .provenance import provenance
 
 
 def read_run(run: Path) -> dict:
@@ -61,8 +61,6 @@ def main() -> int:
                 "dev_by_lr": {str(r["lr"]): r["dev_micro_f1"] for r in sorted(runs, key=lambda r: r["lr"])}}
         chosen.append(best)
     chosen.sort(key=lambda r: r["trainable_params"])
-    from provenance import provenance
-
     result = {"provenance": provenance(), "notes": args.note, "rows": chosen, "all_runs": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
@@ -79,7 +77,7 @@ def main() -> int:
                      f"| **{r['test_micro_f1']:.4f}** | {r['test_macro_f1']:.4f} | {r['dev_micro_f1']:.4f} "
                      f"| {r['train_titles_per_s']} | {r['peak_memory_mb'] / 1024:.2f} GB | {mb(r['saved_file_bytes'])} |")
     prov = result["provenance"]
-    lines += ["", f"Made by `python benchmarks/methods_table.py {' '.join(str(r) for r in args.runs)} --out {args.out}` "
+    lines += ["", f"Made by `python -m benchmarks.methods_table {' '.join(str(r) for r in args.runs)} --out {args.out}` "
               f"on {prov['date']}; table code at {prov['git_commit'][:10]}{' (dirty)' if prov['git_dirty'] else ''}; "
               f"{prov['cpu']}, {prov['cores']} cores."]
     lines += [f"- {n}" for n in args.note]

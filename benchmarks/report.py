@@ -4,7 +4,7 @@ test F1 against trainable parameters with the Pareto front.
 Per method, the sweep value with the best dev micro-F1 is chosen and only its test scores are
 reported; every dev score stays in the table and in the JSON. A value trained with several seeds
 is judged and reported by its seed means, with the range of its test scores beside them. Called
-by benchmarks/harness.py; alone: ``python benchmarks/report.py benchmarks/results/grid/cpu/jd-ner``.
+by benchmarks/harness.py; alone: ``python -m benchmarks.report benchmarks/results/grid/cpu/jd-ner``.
 """
 from __future__ import annotations
 
@@ -248,12 +248,12 @@ def main() -> int:
     ap.add_argument("task_dir", type=Path, help="results/<budget>/<task>, the folder that holds cells/")
     args = ap.parse_args()
     if not (args.task_dir / "cells").is_dir():
-        print(f"error: {args.task_dir}: no cells/ folder (run benchmarks/harness.py first)", file=sys.stderr)
+        print(f"error: {args.task_dir}: no cells/ folder (run python -m benchmarks.harness first)", file=sys.stderr)
         return 2
     summary = args.task_dir.parent / f"{args.task_dir.name}.json"
     old = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else {}
     for p in write_reports(args.task_dir, task=args.task_dir.name, budget=args.task_dir.parent.name,
-                           command=old.get("command", "python benchmarks/report.py " + str(args.task_dir)),
+                           command=old.get("command", "python -m benchmarks.report " + str(args.task_dir)),
                            grid=old.get("budget_settings") or {}):
         print(f"wrote {p}")
     return 0

@@ -7,7 +7,7 @@ micro/macro/example F1 on the tag set's test split. A last row scores every valu
 finds against every gold value (``tags`` and ``other_tags``): the long tail the classifier
 cannot reach.
 
-    python benchmarks/span_vs_multilabel.py --tags data/jd-tags --tagger RUN [--tagger RUN ...] \\
+    python -m benchmarks.span_vs_multilabel --tags data/jd-tags --tagger RUN [--tagger RUN ...] \\
         --classifier RUN [--classifier RUN ...] [--out benchmarks/results/jd-tags-span-vs-multilabel]
 
 Writes ``<out>.json`` and ``<out>.md`` with provenance.
@@ -20,10 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from provenance import provenance  # noqa: E402
+from .provenance import REPO, provenance
 
 
 def _load(run: Path, task: str):
@@ -108,7 +105,8 @@ def _main() -> int:
         pred, speed = classifier_tags(run, titles)
         row("classifier", run, pred, speed)
     prov = provenance()
-    result = {"command": " ".join(["python", *sys.argv]), "provenance": prov, "tag_set": stats, "rows": rows}
+    result = {"command": " ".join(["python -m benchmarks.span_vs_multilabel", *sys.argv[1:]]), "provenance": prov,
+              "tag_set": stats, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
     lines = [f"# Span tagger vs tag classifier on `{args.tags.name}` test ({len(test)} titles, {stats['vocabulary']} tags)", "",

@@ -7,7 +7,7 @@ each character's first sub-token, dynamic padding (``DataCollatorForTokenClassif
 peft-tags. The output directory looks like a ``run_recipe.py`` one where it matters to the
 benchmarks: ``metrics.json`` (same keys) and the adapter in peft format.
 
-    python benchmarks/stock_recipe.py --out /tmp/stock [--epochs 3] [--lr 1e-3] [--max-train N]
+    python -m benchmarks.stock_recipe --out /tmp/stock [--epochs 3] [--lr 1e-3] [--max-train N]
 """
 from __future__ import annotations
 
@@ -17,9 +17,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 DESCRIPTION = "stock HF: Trainer + peft LoRA r=8 on query/value, characters as words, first sub-token labelled"
 

@@ -7,8 +7,8 @@ the label on each character's first sub-token, dynamic padding
 Ours: ``run_recipe.py RECIPE`` as a user runs it. Both are scored with the same
 character-span micro-F1 on the same test split.
 
-    python benchmarks/stock_vs_ours.py                       # full comparison (~45 min on 2 cores)
-    python benchmarks/stock_vs_ours.py --max-train 320 --stock-epochs 1 --ours training.epochs=1   # quick look
+    python -m benchmarks.stock_vs_ours                       # full comparison (~45 min on 2 cores)
+    python -m benchmarks.stock_vs_ours --max-train 320 --stock-epochs 1 --ours training.epochs=1   # quick look
 
 Writes ``benchmarks/results/stock_vs_ours[-dirty].json`` and ``.md`` with provenance.
 """
@@ -22,16 +22,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from provenance import provenance  # noqa: E402
+from .provenance import REPO, provenance
 
 
 def run_stock(data_root: Path, max_train: int | None, epochs: float, seed: int) -> dict:
     """The stock recipe (benchmarks/stock_recipe.py); returns test micro-F1 and training titles/s."""
-    from stock_recipe import run
+    from .stock_recipe import run
 
     with tempfile.TemporaryDirectory() as tmp:
         m = run(Path(tmp) / "stock", data_root=str(data_root), train="jd-ner/train.txt", dev=None, test="jd-ner/test.txt",
@@ -67,7 +63,7 @@ def main() -> None:
     print("stock:", json.dumps(stock), flush=True)
     ours = run_ours(args.recipe, root, args.max_train, args.ours)
     print("ours:", json.dumps({k: v for k, v in ours.items() if k != "history"}), flush=True)
-    result = {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "provenance": prov,
+    result = {"command": " ".join(["python -m benchmarks.stock_vs_ours", *sys.argv[1:]]), "provenance": prov,
               "stock": stock, "ours": {"recipe": args.recipe, "overrides": args.ours, **ours},
               "speed_ratio": round(ours["train_titles_per_s"] / stock["train_titles_per_s"], 2),
               "f1_delta": round(ours["test_micro_f1"] - stock["test_micro_f1"], 4)}

@@ -11,12 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchmarks import harness, report
+from benchmarks.cells import cell_command, fingerprint
+from benchmarks.grid import Cell, load_grid
 from conftest import REPO, write_recipe
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import harness  # noqa: E402
-import report  # noqa: E402
 
 
 def _grid(path: Path, lora: Path, head: Path, backbone: Path, lora_lrs=(5e-3, 3e-2)) -> Path:
@@ -37,7 +35,7 @@ tasks:
 
 def _harness(*args, env_data: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PEFT_TAGS_DATA": str(env_data), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "harness.py"), *map(str, args)], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "benchmarks.harness", *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
 
 
@@ -126,8 +124,8 @@ def test_an_interrupted_cell_resumes(tmp_path, tiny_backbone, toy_data):
     common = ("--budget", "cpu", "--grid", grid, "--results", tmp_path / "results", "--runs", tmp_path / "runs",
               "--method", "lora")
     # the cell's own command, killed (-9) in epoch 2 after epoch 1's checkpoint: 96 titles / 8 per batch = 12 steps
-    cell = next(c for c in harness.load_grid(grid, "cpu") if c.method == "lora")
-    cmd = harness.cell_command(cell, tmp_path / "runs" / "cpu" / cell.task / cell.name)
+    cell = next(c for c in load_grid(grid, "cpu") if c.method == "lora")
+    cmd = cell_command(cell, tmp_path / "runs" / "cpu" / cell.task / cell.name)
     cmd[1] = str(REPO / "tests" / "killpoints.py")
     env = dict(os.environ, PEFT_TAGS_DATA=str(toy_data), KILL_AT="16", KILL_KIND="step", PYTHONPATH=str(REPO))
     crashed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -144,27 +142,45 @@ def test_a_changed_recipe_makes_its_cells_stale(tmp_path, tiny_backbone, toy_dat
     lora = write_recipe(tmp_path / "lora.yaml", tiny_backbone, toy_data, tmp_path / "unused")
     head = write_recipe(tmp_path / "head.yaml", tiny_backbone, toy_data, tmp_path / "unused", method="head-only")
     grid = _grid(tmp_path / "grid.yaml", lora, head, tiny_backbone)
-    cell = next(c for c in harness.load_grid(grid, "cpu") if c.method == "lora")
-    before = harness.fingerprint(cell)
-    assert harness.fingerprint(cell) == before
+    cell = next(c for c in load_grid(grid, "cpu") if c.method == "lora")
+    before = fingerprint(cell)
+    assert fingerprint(cell) == before
     write_recipe(lora, tiny_backbone, toy_data, tmp_path / "elsewhere")  # only the output dir differs
-    assert harness.fingerprint(cell) == before
+    assert fingerprint(cell) == before
     write_recipe(lora, tiny_backbone, toy_data, tmp_path / "unused", batch_size=4)
-    assert harness.fingerprint(cell) != before
+    assert fingerprint(cell) != before
 
 
 def test_cells_are_ordered_round_robin_and_smoke_takes_the_first_value(tmp_path, tiny_backbone, toy_data):
     lora = write_recipe(tmp_path / "lora.yaml", tiny_backbone, toy_data, tmp_path / "o")
     head = write_recipe(tmp_path / "head.yaml", tiny_backbone, toy_data, tmp_path / "o", method="head-only")
     grid = _grid(tmp_path / "grid.yaml", lora, head, tiny_backbone)
-    assert [c.name for c in harness.load_grid(grid, "cpu")] == [
+    assert [c.name for c in load_grid(grid, "cpu")] == [
         "stock-hf@lr=1e-2", "head-only@head_lr=1e-2", "lora@lr=5e-3", "lora@lr=3e-2"]
-    smoke = harness.load_grid(grid, "smoke", methods=["lora"])
+    smoke = load_grid(grid, "smoke", methods=["lora"])
     assert [c.name for c in smoke] == ["lora@lr=5e-3"]
     assert smoke[0].overrides == ["training.epochs=1", "training.lr=0.005"]
-    stock = harness.load_grid(grid, "cpu", methods=["stock-hf"])[0]
-    cmd = harness.cell_command(stock, tmp_path / "out")
+    stock = load_grid(grid, "cpu", methods=["stock-hf"])[0]
+    cmd = cell_command(stock, tmp_path / "out")
     assert cmd[cmd.index("--epochs") + 1] == "2" and cmd[cmd.index("--max-train") + 1] == "96"
+
+
+def test_a_stock_cell_runs_as_a_module_and_keeps_its_fingerprint():
+    # the fingerprint covers the stock recipe's file and arguments, not how the script is started,
+    # so finished stock cells stay valid
+    cell = Cell("toy", "stock-hf", "stock", None, ["training.epochs=2", "data.max_train_examples=96"], "stock.lr", 1e-2,
+                stock={"train": "toy/train.txt", "backbone": "me5-small", "epochs": 1, "lr": 1e-2})
+    assert cell_command(cell, Path("out"))[1:5] == ["-m", "benchmarks.stock_recipe", "--out", "out"]
+    assert fingerprint(cell) == "31a648f8ba35b41b"
+
+
+@pytest.mark.parametrize("script", ["harness", "report", "stock_recipe", "stock_vs_ours", "span_vs_multilabel",
+                                    "methods_table"])
+def test_every_script_runs_as_a_module_from_the_repository_root(script):
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{script}", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.startswith("usage: "), done.stderr[-3000:]
+    assert "sys.path" not in (REPO / "benchmarks" / f"{script}.py").read_text(encoding="utf-8")
 
 
 def test_the_shipped_grid_names_real_recipes_for_every_budget():
@@ -172,19 +188,20 @@ def test_the_shipped_grid_names_real_recipes_for_every_budget():
     budgets = yaml.safe_load((REPO / "benchmarks" / "grid.yaml").read_text(encoding="utf-8"))["budgets"]
     assert {"smoke", "cpu", "full", "long"} <= set(budgets)
     for budget in budgets:
-        cells = harness.load_grid(REPO / "benchmarks" / "grid.yaml", budget)
+        cells = load_grid(REPO / "benchmarks" / "grid.yaml", budget)
         names |= {c.method for c in cells}
         for c in cells:
-            harness.fingerprint(c)  # every cell's recipe resolves with its overrides
+            fingerprint(c)  # every cell's recipe resolves with its overrides
     assert {"stock-hf", "head-only", "lora", "full", "adalora", "qlora", "ia3", "prefix", "prompt",
             "bottleneck-houlsby", "bottleneck-pfeiffer"} <= names
 
 
 @pytest.mark.parametrize("text, message", [
-    ("budgets: {cpu: {}}\n", "needs exactly the keys 'budgets' and 'tasks'"),
-    ("budgets: {smoke: {}}\ntasks: {t: {methods: {}}}\n", "budgets.cpu is not defined (defined: smoke)"),
+    ("budgets: {cpu: {}}\n", "grid.yaml: missing required key 'tasks'"),
+    ("budget: {cpu: {}}\ntasks: {t: {methods: {}}}\n", "grid.yaml:1: unknown key 'budget' (did you mean 'budgets'?)"),
+    ("budgets: {smoke: {}}\ntasks: {t: {methods: {}}}\n", "grid.yaml:1: budgets.cpu is not defined (defined: smoke)"),
     ("budgets: {cpu: {}, ../up: {}}\ntasks: {t: {methods: {}}}\n", "budgets.../up: a budget name is letters"),
-    ("budgets: {cpu: {overrides: [epochs]}}\ntasks: {t: {methods: {}}}\n", "budgets.cpu.overrides: 'epochs' is not key=value"),
+    ("budgets: {cpu: {overrides: [epochs]}}\ntasks: {t: {methods: {}}}\n", "grid.yaml:1: budgets.cpu.overrides: 'epochs' is not key=value"),
     ("budgets: {cpu: {}}\ntasks: {t: {methods: {m: {recipe: nope.yaml}}}}\n", "tasks.t.methods.m.recipe: no such file: nope.yaml"),
     ("budgets: {cpu: {}}\ntasks: {t: {methods: {m: {recipe: recipes/jd-ner/lora.yaml, sweep: {training.lr: [fast]}}}}}\n",
      "tasks.t.methods.m.sweep.training.lr: 'fast' is not a number"),
@@ -193,11 +210,22 @@ def test_the_shipped_grid_names_real_recipes_for_every_budget():
     ("budgets: {cpu: {}}\ntasks: {t: {methods: {m: {recipe: recipes/jd-ner/lora.yaml, sweep: {training.nope: [1.0e-3]}}}}}\n",
      "training.nope"),
     ("budgets: [cpu\n", "grid.yaml:2: not valid YAML"),
-    ("budgets: [cpu]\ntasks: {t: {methods: {}}}\n", "'budgets' must map budget names"),
-    ("budgets: {cpu: {}}\ntasks: {t: {reference: [stock], methods: {}}}\n", "tasks.t.reference: expected {stock: {...}}"),
-    ("budgets: {cpu: {}}\ntasks: {t: {methods: {m: {recipe: 3}}}}\n", "tasks.t.methods.m: needs 'recipe' (a path)"),
+    ("budgets: [cpu]\ntasks: {t: {methods: {}}}\n", "grid.yaml:1: budgets: must map budget names"),
+    ("budgets: {cpu: {}}\ntasks: {t: {reference: [stock], methods: {}}}\n", "grid.yaml:2: tasks.t.reference: expected a mapping of keys, got ['stock']"),
+    ("budgets: {cpu: {}}\ntasks: {t: {methods: {m: {recipe: 3}}}}\n", "grid.yaml:2: tasks.t.methods.m.recipe: expected a string, got 3"),
     ("budgets: {cpu: {}}\ntasks: {t: {methods: {stock-hf: {recipe: recipes/jd-ner/lora.yaml}}}}\n", "not 'stock-hf'"),
     ("budgets: {cpu: {}}\ntasks: {t: {methods: {a/b: {recipe: recipes/jd-ner/lora.yaml}}}}\n", "it names files"),
+    # every section goes through the recipes' validator: unknown keys, types, ranges, keys given twice; the
+    # first problem in the file's order is named with its line, and the others are counted
+    ("budgets: {cpu: {}}\ntasks:\n  t:\n    methods:\n      m: {recipe: recipes/jd-ner/lora.yaml, sweeps: {training.lr: [1.0e-3]}}\n",
+     "grid.yaml:5: unknown key 'tasks.t.methods.m.sweeps' (did you mean 'tasks.t.methods.m.sweep'?)"),
+    ("budgets:\n  cpu: {sweep: maybe}\ntasks: {t: {methods: {}}}\n", "grid.yaml:2: budgets.cpu.sweep: expected true or false, got 'maybe'"),
+    ("budgets: {cpu: {}}\ntasks:\n  t:\n    reference:\n      stock: {lr: -1}\n    methods: {}\n",
+     "grid.yaml:5: tasks.t.reference.stock.lr: must be > 0, got -1"),
+    ("budgets: {cpu: {}}\ntasks:\n  t:\n    methods:\n      m: {recipe: recipes/jd-ner/lora.yaml}\n      m: {recipe: recipes/jd-ner/ia3.yaml}\n",
+     "grid.yaml:5: key 'tasks.t.methods.m' is given twice (lines 5 and 6)"),
+    ("budgets: {cpu: {sweep: 3}}\ntasks:\n  t: {methods: {m: {recipe: nope.yaml}}}\n",
+     "grid.yaml:1: budgets.cpu.sweep: expected true or false, got 3 (and 1 more problem)"),
 ])
 def test_grid_mistakes_end_in_one_line(tmp_path, capsys, text, message):
     grid = tmp_path / "grid.yaml"
@@ -234,12 +262,12 @@ def test_a_grid_file_outside_the_commit_writes_apart(tmp_path, monkeypatch, caps
 
 
 def test_a_cell_made_by_other_code_runs_again(tmp_path, monkeypatch, capsys):
-    cell = harness.load_grid(REPO / "benchmarks" / "grid.yaml", "smoke", methods=["lora"])[0]
+    cell = load_grid(REPO / "benchmarks" / "grid.yaml", "smoke", methods=["lora"])[0]
     path = tmp_path / "smoke" / cell.task / "cells" / f"{cell.name}.json"
     path.parent.mkdir(parents=True)
     args = ["--budget", "smoke", "--method", "lora", "--results", str(tmp_path), "--dry-run"]
     for code, state in ((harness.code_fingerprint(), "done"), ("0123456789abcdef", "code")):
-        path.write_text(json.dumps({"status": "ok", "cell": cell.name, "fingerprint": harness.fingerprint(cell),
+        path.write_text(json.dumps({"status": "ok", "cell": cell.name, "fingerprint": fingerprint(cell),
                                     "code": code, "wall_seconds": 1.0}))
         assert harness.main(args) == 0
         assert capsys.readouterr().out.startswith(f"{state:6} {cell.task} {cell.name}")
@@ -318,4 +346,4 @@ def test_progress_estimates_by_method_then_by_all():
 
 
 def test_short_float():
-    assert [harness.short_float(v) for v in (1e-3, 2.5e-4, 0.1, 3e-2, 1.0)] == ["1e-3", "2.5e-4", "1e-1", "3e-2", "1e0"]
+    assert [report.short_float(v) for v in (1e-3, 2.5e-4, 0.1, 3e-2, 1.0)] == ["1e-3", "2.5e-4", "1e-1", "3e-2", "1e0"]
