@@ -74,7 +74,6 @@ def _predict(args) -> int:
         raise UserError(f"--output: no directory '{Path(args.output).parent}' to write into")
     tagger = Tagger.load(args.output_dir)
     choices = {k: v for k, v in (("top_k", args.top_k), ("threshold", args.threshold)) if v is not None}
-    tagger.task.check_options(**choices)
     results = tagger.tag(titles, batch_size=args.batch_size, **choices)
     if args.output:
         tmp = Path(args.output).with_name(Path(args.output).name + ".tmp")

@@ -7,16 +7,11 @@ from typing import Any
 
 from .validate import opt
 
-
-
-
 SCHEDULES = ("linear", "cosine", "constant")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 LOG_WITH = ("tensorboard", "none")
 QUANTIZATION = ("none", "nf4", "fp4", "int8")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
-
-# --------------------------------------------------------------------------- schema
 
 
 @dataclass
