@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from peft_tags.data import Example, Span
-from peft_tags.tasks.tagging import IGNORE, TaggingCodec, char_labels_to_spans
+from peft_tags.tasks.tagging import IGNORE, Tag, TaggingCodec, char_labels_to_spans
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +103,27 @@ def test_decoding_from_log_probs_matches_gold_when_confident(tokenizer):
     lp = np.full(gold.shape + (len(codec.labels),), np.log(0.01))
     np.put_along_axis(lp, gold[..., None], np.log(0.9), axis=-1)
     assert codec.decode(ex.text, enc, log_probs=lp) == ex.spans
+
+
+def test_a_span_score_is_the_geometric_mean_of_its_characters_label_probabilities(tokenizer):
+    from types import SimpleNamespace
+
+    from peft_tags.tasks.tagging import TaggingTask, span_score
+
+    ex = Example("华为黑色手机壳", [Span(0, 2, "1"), Span(2, 4, "16"), Span(4, 7, "4")], "t:1")
+    codec = TaggingCodec(tokenizer, ["1", "16", "4"], slots=4, max_length=64)
+    enc = codec.encode([ex.text], [ex])[0]
+    gold = np.where(enc.labels == IGNORE, 0, enc.labels)
+    probs = np.full(gold.shape + (len(codec.labels),), 0.01)
+    np.put_along_axis(probs, gold[..., None], 0.9, axis=-1)
+    c = enc.char_token[0], enc.char_slot[0]
+    probs[c[0], c[1], gold[c]] = 0.6  # the first character of '华为' is less sure
+    lp = np.log(probs)
+    assert span_score(codec, enc, lp, 0, 2, "1") == pytest.approx((0.6 * 0.9) ** 0.5)
+    assert span_score(codec, enc, lp, 4, 7, "4") == pytest.approx(0.9)
+    tagger = SimpleNamespace(codec=codec, meta={"type_names": {"1": "brand"}})
+    tags = TaggingTask.decode(tagger, [ex.text], [ex.text], [enc], [lp])[0]
+    assert [(t.label, t.text, t.name) for t in tags] == [("1", "华为", "brand"), ("16", "黑色", None), ("4", "手机壳", None)]
+    assert tags[0].as_dict() == {"label": "1", "text": "华为", "start": 0, "end": 2, "name": "brand",
+                                 "score": round((0.6 * 0.9) ** 0.5, 4)}
+    assert "score" not in Tag("1", "华为", 0, 2).as_dict() and Tag("1", "华为", 0, 2, 0.5) == Tag("1", "华为", 0, 2, 0.7)

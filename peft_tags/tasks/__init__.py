@@ -79,7 +79,32 @@ class Task:
     def tag(cls, predictor, titles: list[str], normalized: list[str], batch_size: int, **options) -> list[list]:
         """The tags of each title with a loaded run (:class:`peft_tags.predict.Tagger`), read
         from its ``normalized`` form (same length); each tag has ``as_dict()`` and ``line()``.
-        ``options`` (checked by :meth:`check_options`): the task's own prediction options."""
+        ``options`` (checked by :meth:`check_options`): the task's own prediction options.
+
+        By default: :meth:`encode_titles`, the run's model over length-sorted batches
+        (:func:`.batches.forward_batches`), :meth:`reduce` per batch and :meth:`decode`. A task
+        that defines ``reduce`` and ``decode`` is also batched across runs by ``peft-tags serve``."""
+        from .batches import forward_batches
+
+        codec = predictor.codec
+        encoded = cls.encode_titles(codec, normalized)
+        outputs = forward_batches(predictor.model, encoded, batch_size, codec.tokenizer.pad_token_id,
+                                  lambda logits, mask: cls.reduce(codec, logits, mask), predictor.device)
+        return cls.decode(predictor, titles, normalized, encoded, outputs, **options)
+
+    @classmethod
+    def encode_titles(cls, codec, normalized: list[str]) -> list:
+        """The model inputs of titles to tag (each with ``input_ids``)."""
+        return codec.encode(normalized)
+
+    #: reduce(codec, logits [batch, tokens, outputs], attention_mask) -> one numpy row per title;
+    #: None: the task has its own ``tag`` and is not batched across runs
+    reduce = None
+
+    @classmethod
+    def decode(cls, predictor, titles: list[str], normalized: list[str], encoded: list, outputs: list,
+               **options) -> list[list]:
+        """The tags of each title from its encoding and its reduced model output."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ retune (a decision rule tuned on dev)

@@ -183,21 +183,17 @@ def decide(probs: np.ndarray, thresholds: np.ndarray | float, top_k: int | None)
     return out
 
 
-def predict_probs(model, codec: MultiLabelCodec, encoded: list[EncodedTitle], batch_size: int, device) -> np.ndarray:
-    """Tag probabilities [titles, tags]; batches sorted by length."""
+def probs_rows(codec: MultiLabelCodec, logits: "torch.Tensor", attention_mask: "torch.Tensor") -> list[np.ndarray]:
+    """Per title of a batch, its tag probabilities."""
     import torch
 
-    from ..model import token_logits
+    return list(torch.sigmoid(codec.pool(logits.float(), attention_mask)).cpu().numpy())
 
-    model.eval()
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    out = np.zeros((len(encoded), codec.num_outputs), dtype=np.float32)
-    pad = codec.tokenizer.pad_token_id
-    with torch.no_grad():
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
-            batch = pad_ids([encoded[i].input_ids for i in idx], pad)
-            input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-            logits = token_logits(model(input_ids=input_ids, attention_mask=mask).logits, input_ids)
-            out[idx] = torch.sigmoid(codec.pool(logits.float(), mask)).cpu().numpy()
-    return out
+
+def predict_probs(model, codec: MultiLabelCodec, encoded: list[EncodedTitle], batch_size: int, device) -> np.ndarray:
+    """Tag probabilities [titles, tags]; batches sorted by length."""
+    from .batches import forward_batches
+
+    rows = forward_batches(model, encoded, batch_size, codec.tokenizer.pad_token_id,
+                           lambda logits, mask: probs_rows(codec, logits, mask), device)
+    return np.stack(rows).astype(np.float32) if rows else np.zeros((0, codec.num_outputs), dtype=np.float32)

@@ -14,7 +14,7 @@ from ..config.validate import opt
 from . import Task, TaskOptions, distinct_names, is_int, log, register
 from .multihot import (  # noqa: F401  (the codec's names, importable from the task)
     GRID, EncodedTitle, MultiLabelCodec, collate, decide, held_out_check, multi_hot, positive_weights, predict_probs,
-    prior_logits, tune_global, tune_per_tag)
+    prior_logits, probs_rows, tune_global, tune_per_tag)
 
 POOLING = ("mean", "first")
 POS_WEIGHT = ("none", "sqrt", "balanced")
@@ -114,18 +114,23 @@ class MultiLabelTask(Task):
         from ..errors import UserError
 
         super().check_options(**options)
-        if top_k is not None and top_k < 1:
+        if top_k is not None and not is_int(top_k):
             raise UserError(f"top_k must be at least 1, got {top_k}")
-        if threshold is not None and not 0.0 < threshold < 1.0:
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                      or not 0.0 < threshold < 1.0):
             raise UserError(f"threshold must be between 0 and 1, got {threshold}")
 
     @classmethod
-    def tag(cls, predictor, titles: list[str], normalized: list[str], batch_size: int, top_k: int | None = None,
-            threshold: float | None = None) -> list[list[ScoredTag]]:
+    def reduce(cls, codec, logits, attention_mask) -> list[np.ndarray]:
+        return probs_rows(codec, logits, attention_mask)
+
+    @classmethod
+    def decode(cls, predictor, titles, normalized, encoded, outputs, top_k: int | None = None,
+               threshold: float | None = None) -> list[list[ScoredTag]]:
         """Tags of each title, highest score first. By default the run's decision rule: the
         thresholds tuned on dev (per tag or global, as the recipe said) and its top-k."""
         codec = predictor.codec
-        probs = predict_probs(predictor.model, codec, codec.encode(normalized), batch_size, predictor.device)
+        probs = np.stack(outputs) if outputs else np.zeros((0, codec.num_outputs), dtype=np.float32)
         th = predictor.meta["thresholds"]
         if threshold is not None:
             rule = threshold

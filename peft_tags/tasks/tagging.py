@@ -6,14 +6,14 @@ line and ``labels.json``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..config.validate import opt
 from . import Task, TaskOptions, distinct_names, is_int, log, register
 from .slots import (  # noqa: F401  (the codec's names, importable from the task)
-    IGNORE, Encoded, TaggingCodec, bio_labels, char_labels_to_spans, collate, loss_fn, pad_ids, spans_to_char_labels,
+    IGNORE, Encoded, TaggingCodec, _past_last_slot, bio_labels, char_labels_to_spans, collate, loss_fn, pad_ids, spans_to_char_labels,
     viterbi)
 
 
@@ -24,43 +24,56 @@ class TaggingOptions(TaskOptions):
 
 @dataclass(frozen=True)
 class Tag:
-    """A span found in a title: its type, its text and its character offsets (end exclusive)."""
+    """A span found in a title: its type, its text and its character offsets (end exclusive);
+    ``score``: the geometric mean of the probability of its characters' labels; ``name``: the
+    type's name where the run knows it. Tags compare by type, text and offsets."""
 
     label: str
     text: str
     start: int
     end: int
+    score: float | None = field(default=None, compare=False)
+    name: str | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict:
-        return {"label": self.label, "text": self.text, "start": self.start, "end": self.end}
+        out = {"label": self.label, "text": self.text, "start": self.start, "end": self.end}
+        if self.name is not None:
+            out["name"] = self.name
+        if self.score is not None:
+            out["score"] = round(self.score, 4)
+        return out
 
     def line(self) -> str:
         return f"{self.label}\t{self.text}\t{self.start}\t{self.end}"
 
 
-def predict_log_probs(model, codec: TaggingCodec, encoded: list[Encoded], batch_size: int, device) -> list[np.ndarray]:
-    """Log-probabilities [n_tokens, slots, labels] for each encoded title; batches sorted by length."""
+def log_probs_rows(codec: TaggingCodec, logits, attention_mask) -> list[np.ndarray]:
+    """Per title of a batch, log-probabilities [n_tokens, slots, labels] of its real tokens."""
     import torch
 
-    from ..model import token_logits
-
-    model.eval()
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    out: list[np.ndarray | None] = [None] * len(encoded)
-    pad = codec.tokenizer.pad_token_id
     n_labels = len(codec.labels)
-    with torch.no_grad():
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
-            batch = collate([Encoded(encoded[i].input_ids, encoded[i].char_token, encoded[i].char_slot, None)
-                             for i in idx], pad)
-            input_ids = batch["input_ids"].to(device)
-            logits = token_logits(model(input_ids=input_ids, attention_mask=batch["attention_mask"].to(device)).logits,
-                                  input_ids)
-            lp = torch.log_softmax(logits.float().reshape(*logits.shape[:2], codec.slots, n_labels), -1).cpu().numpy()
-            for row, i in enumerate(idx):
-                out[i] = lp[row, : len(encoded[i].input_ids)]
-    return out
+    lp = torch.log_softmax(logits.float().reshape(*logits.shape[:2], codec.slots, n_labels), -1).cpu().numpy()
+    lengths = attention_mask.sum(1).tolist()
+    return [lp[row, : int(n)] for row, n in enumerate(lengths)]
+
+
+def predict_log_probs(model, codec: TaggingCodec, encoded: list[Encoded], batch_size: int, device) -> list[np.ndarray]:
+    """Log-probabilities [n_tokens, slots, labels] for each encoded title; batches sorted by length."""
+    from .batches import forward_batches
+
+    return forward_batches(model, encoded, batch_size, codec.tokenizer.pad_token_id,
+                           lambda logits, mask: log_probs_rows(codec, logits, mask), device)
+
+
+def span_score(codec: TaggingCodec, enc: Encoded, log_probs: np.ndarray, start: int, end: int, label: str) -> float:
+    """exp of the mean log-probability of the labels (B- then I-) of the span's characters that
+    own a slot (characters past a token's last slot follow the character before them)."""
+    own = (enc.char_token[start:end] >= 0) & ~_past_last_slot(enc.char_token, codec.slots)[start:end]
+    chars = np.nonzero(own)[0] + start
+    if not len(chars):
+        return 0.0
+    ids = np.where(chars == start, codec.label_index[f"B-{label}"], codec.label_index[f"I-{label}"])
+    return float(np.exp(log_probs[enc.char_token[chars], enc.char_slot[chars], ids].mean()))
 
 
 @register
@@ -88,18 +101,25 @@ class TaggingTask(Task):
         return TaggingCodec(tokenizer, meta["types"], meta["slots"], meta["max_length"])
 
     @classmethod
-    def tag(cls, predictor, titles: list[str], normalized: list[str], batch_size: int, **options) -> list[list[Tag]]:
-        """Spans of each title. Characters past ``backbone.max_length`` tokens are not tagged (a
-        warning says how many titles were cut)."""
+    def reduce(cls, codec, logits, attention_mask) -> list[np.ndarray]:
+        return log_probs_rows(codec, logits, attention_mask)
+
+    @classmethod
+    def decode(cls, predictor, titles, normalized, encoded, outputs, **options) -> list[list[Tag]]:
+        """Spans of each title (the best valid BIO sequence). Characters past
+        ``backbone.max_length`` tokens are not tagged (a warning says how many titles were cut)."""
         codec = predictor.codec
-        encoded = codec.encode(normalized)
         cut = sum(bool((e.char_token < 0).any()) for e in encoded)
         if cut:
             log.warning("%d of %d titles are longer than %d tokens; their ends are not tagged", cut, len(titles),
                         codec.max_length)
-        scores = predict_log_probs(predictor.model, codec, encoded, batch_size, predictor.device)
-        spans = [codec.decode(t, e, log_probs=lp) for t, e, lp in zip(normalized, encoded, scores)]
-        return [[Tag(s.label, title[s.start : s.end], s.start, s.end) for s in ss] for title, ss in zip(titles, spans)]
+        names = predictor.meta.get("type_names") or {}
+        out = []
+        for title, norm, enc, lp in zip(titles, normalized, encoded, outputs):
+            spans = codec.decode(norm, enc, log_probs=lp)
+            out.append([Tag(s.label, title[s.start : s.end], s.start, s.end,
+                            span_score(codec, enc, lp, s.start, s.end, s.label), names.get(s.label)) for s in spans])
+        return out
 
     # ------------------------------------------------------------------ training side
     def __init__(self, recipe, tokenizer, train_examples):
