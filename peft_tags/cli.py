@@ -1,4 +1,4 @@
-"""The ``peft-tags`` command: train, validate, ls, predict, export, retune, derive-tags.
+"""The ``peft-tags`` command: train, validate, ls, predict, export, serve, retune, derive-tags.
 
 Mistakes a user can make end in one line per problem on stderr and exit code 2 (usage
 mistakes as ``peft-tags CMD: error: ...``, without the usage block); anything else is a bug
@@ -7,13 +7,13 @@ and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 from pathlib import Path
 
 from .errors import UserError
+from .tablefiles import FORMATS
 
 
 def _train(args) -> int:
@@ -61,41 +61,37 @@ def _ls(args) -> int:
 
 
 def _predict(args) -> int:
-    from .predict import Tagger
+    from .stream import predict
 
-    if not args.titles and not args.input:
-        raise UserError("predict: give titles as arguments or --input FILE.jsonl")
-    titles = list(args.titles)
-    if args.input:
-        titles += _read_titles(Path(args.input))
-        if not titles:
-            raise UserError(f"--input: no titles in '{args.input}'")
-    if args.output and not Path(args.output).resolve().parent.is_dir():
-        raise UserError(f"--output: no directory '{Path(args.output).parent}' to write into")
-    tagger = Tagger.load(args.output_dir)
+    if args.input and args.output:
+        from .launch import requested_cpu_processes, run_workers
+
+        n = requested_cpu_processes()
+        if n > 1:  # accelerate launch --cpu --num_processes N started only this one process
+            entry = ["-m", "peft_tags"] if Path(sys.argv[0]).name == "__main__.py" else [sys.argv[0]]
+            return run_workers(n, [*entry, *sys.argv[1:]])
     choices = {k: v for k, v in (("top_k", args.top_k), ("threshold", args.threshold)) if v is not None}
-    results = tagger.tag(titles, batch_size=args.batch_size, **choices)
-    if args.output:
-        tmp = Path(args.output).with_name(Path(args.output).name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for title, tags in zip(titles, results):
-                f.write(json.dumps({"text": title, "tags": [t.as_dict() for t in tags]}, ensure_ascii=False) + "\n")
-        tmp.replace(args.output)
-        print(f"wrote {len(titles)} titles to {args.output}", file=sys.stderr)
-        return 0
-    for title, tags in zip(titles, results):
-        print(title)
-        for t in tags:
-            print(f"  {t.line()}")
-    return 0
+    return predict(args.output_dir, args.titles, args.input, args.output, input_format=args.input_format,
+                   output_format=args.output_format, batch_size=args.batch_size, chunk_size=args.chunk_size,
+                   resume=args.resume, progress=not args.no_progress, backend=getattr(args, "backend", None), **choices)
 
 
 def _export(args) -> int:
     from .export import export
 
-    dest = export(args.output_dir, args.dest, overwrite=args.overwrite)
-    print(f"wrote {dest}: a standalone transformers model in {dest / 'model'}", file=sys.stderr)
+    dest = export(args.output_dir, args.dest, overwrite=args.overwrite, format=args.format, quantize=args.quantize)
+    extra = f", and {dest / 'onnx' / 'model.onnx'} ({args.quantize} weights)" if args.format == "onnx" else ""
+    print(f"wrote {dest}: a standalone transformers model in {dest / 'model'}{extra}", file=sys.stderr)
     return 0
+
+
+def _serve(args) -> int:
+    from .serve import serve
+    from .serve.app import Limits
+
+    limits = Limits(max_titles=args.max_titles, max_chars=args.max_chars, max_batch=args.max_batch,
+                    max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
+    return serve(args.runs, args.host, args.port, args.backend, args.threads, limits)
 
 
 def _retune(args) -> int:
@@ -109,31 +105,6 @@ def _retune(args) -> int:
           + (f"; test micro-F1 {before['test_micro_f1']:.4f} -> {m['test_micro_f1']:.4f}" if "test_micro_f1" in m
              and before.get("test_micro_f1") is not None else ""), file=sys.stderr)
     return 0
-
-
-def _read_titles(path: Path) -> list[str]:
-    """The 'text' field of each JSON line; UserError naming the line for anything else."""
-    from .data import check_title
-
-    if not path.is_file():
-        raise UserError(f"--input: no such file '{path}'")
-    titles = []
-    for n, raw in enumerate(path.read_bytes().splitlines(), 1):
-        try:
-            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path}:{n}: not UTF-8 (byte {e.start + 1})") from None
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-        text = obj.get("text") if isinstance(obj, dict) else None
-        if not isinstance(text, str):
-            raise UserError(f"{path}:{n}: expected an object with a string field 'text'")
-        titles.append(check_title(text, f"{path}:{n}"))
-    return titles
 
 
 def _derive_tags(args) -> int:
@@ -169,6 +140,22 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number (0-65535), got '{text}'")
+    return int(text)
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value < 1e6:
+        raise argparse.ArgumentTypeError(f"expected a number of milliseconds >= 0, got '{text}'")
+    return value
+
+
 def _probability(text: str) -> float:
     """A number strictly between 0 and 1 (a decision threshold); 'nan' and 'inf' are not."""
     try:
@@ -197,9 +184,22 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="tag titles with a trained output directory")
     pr.add_argument("output_dir")
     pr.add_argument("titles", nargs="*", default=[])
-    pr.add_argument("--input", help="JSON lines with a 'text' field")
-    pr.add_argument("--output", help="write JSON lines here instead of printing")
+    pr.add_argument("--input", help="a table of titles: JSON lines with a string field 'text', CSV with a 'text' "
+                                    "column or Parquet with a string column 'text' (the format from the extension: "
+                                    ".jsonl, .csv, .parquet); its other fields are passed through")
+    pr.add_argument("--output", help="write the rows with their 'tags' here (JSON lines, CSV or Parquet) instead of "
+                                     "printing; never over an existing file")
+    pr.add_argument("--input-format", choices=FORMATS, default=None, help="instead of the extension's")
+    pr.add_argument("--output-format", choices=FORMATS, default=None, help="instead of the extension's")
+    pr.add_argument("--chunk-size", type=_positive_int, default=None,
+                    help="titles read, tagged and written at a time (default 2048; with --resume, the job's own)")
+    pr.add_argument("--resume", action="store_true",
+                    help="continue an interrupted --output job from the chunks it finished")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar (there is none when stderr is not "
+                                                               "a terminal)")
     pr.add_argument("--batch-size", type=_positive_int, default=32)
+    pr.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                    help="onnx: the ONNX model of a directory written by 'export --format onnx'")
     pr.add_argument("--top-k", type=_positive_int, default=None, help="multi-label runs: at most K tags per title")
     pr.add_argument("--threshold", type=_probability, default=None,
                     help="multi-label runs: one decision threshold for every tag instead of the ones tuned on dev")
@@ -209,7 +209,26 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("output_dir", help="a trained output directory")
     ex.add_argument("dest", help="directory to write: an output directory whose model/ holds the merged model")
     ex.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
+    ex.add_argument("--format", choices=("hf", "onnx"), default="hf",
+                    help="onnx: also DEST/onnx/model.onnx, for --backend onnx (onnxruntime on the CPU)")
+    ex.add_argument("--quantize", choices=("none", "int8"), default="none",
+                    help="with --format onnx: dynamic int8 weights (4x smaller, integer kernels)")
     ex.set_defaults(func=_export)
+    sv = sub.add_parser("serve", help="tag titles over HTTP (POST /v1/tag, a page at /), runs on one backbone "
+                                      "sharing it")
+    sv.add_argument("runs", nargs="+", metavar="RUN", help="trained output directories, or NAME=DIR to name one")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=_port, default=8000)
+    sv.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                    help="onnx: the ONNX models of directories written by 'export --format onnx'")
+    sv.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for the models")
+    sv.add_argument("--max-batch", type=_positive_int, default=32, help="titles per forward pass")
+    sv.add_argument("--max-wait-ms", type=_non_negative, default=5.0,
+                    help="how long a request waits for others to share its forward pass")
+    sv.add_argument("--max-queue", type=_positive_int, default=2048, help="titles waiting; beyond it requests get 503")
+    sv.add_argument("--max-titles", type=_positive_int, default=256, help="titles per request")
+    sv.add_argument("--max-chars", type=_positive_int, default=1000, help="characters per title")
+    sv.set_defaults(func=_serve)
     rt = sub.add_parser("retune", help="multi-label runs: tune the decision thresholds on dev again (another rule, "
                                        "support or top-k) and re-score, without training")
     rt.add_argument("output_dir", help="a trained multi-label output directory (rewritten in place, model untouched)")

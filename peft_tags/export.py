@@ -29,6 +29,8 @@ from .methods.full import NAME as FULL, FullOptions
 
 log = logging.getLogger("peft_tags.export")
 
+FORMATS = ("hf", "onnx")
+
 
 
 def dequantized_linears(quantized_model) -> dict[str, torch.Tensor]:
@@ -87,7 +89,10 @@ def merged_model(run_dir: Path):
     return model, recipe, backbone
 
 
-def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False) -> Path:
+def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False, format: str = "hf",
+           quantize: str = "none") -> Path:
+    """Write DEST: the merged model (``format='hf'``), and with ``format='onnx'`` also
+    ``onnx/model.onnx`` (int8 weights with ``quantize='int8'``) for ``--backend onnx``."""
     from transformers import AutoTokenizer
 
     from .model import quiet_transformers
@@ -95,6 +100,16 @@ def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False) -> Pa
     from .rundir import check_run_dir
 
     quiet_transformers()
+    if format not in FORMATS:
+        raise UserError(f"--format: expected {' or '.join(FORMATS)}, got '{format}'")
+    if quantize != "none" and format != "onnx":
+        raise UserError("--quantize: only with --format onnx")
+    if format == "onnx":
+        from .onnxio import QUANTIZE, require
+
+        require("--format onnx")
+        if quantize not in QUANTIZE:
+            raise UserError(f"--quantize: expected {' or '.join(QUANTIZE)}, got '{quantize}'")
     run_dir, dest = Path(run_dir), Path(dest)
     check_run_dir(run_dir)
     if dest.resolve() == run_dir.resolve() or run_dir.resolve().is_relative_to(dest.resolve()):
@@ -108,7 +123,13 @@ def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False) -> Pa
 
     with owned.Staged(dest, "export", replace=overwrite) as tmp:
         model.save_pretrained(str(tmp / "model"))
-        AutoTokenizer.from_pretrained(backbone).save_pretrained(str(tmp / "model"))
+        tokenizer = AutoTokenizer.from_pretrained(backbone)
+        tokenizer.save_pretrained(str(tmp / "model"))
+        onnx = {}
+        if format == "onnx":
+            from .onnxio import ONNX_FILE, export_onnx
+
+            onnx = export_onnx(model, tokenizer, tmp / ONNX_FILE, quantize)
         shutil.copy2(run_dir / "head.safetensors", tmp / "head.safetensors")
         shutil.copy2(run_dir / "labels.json", tmp / "labels.json")
         for name in ("metrics.json", "test_report.txt", "dev_report.txt"):
@@ -124,5 +145,6 @@ def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False) -> Pa
             "quantization": recipe.backbone.quantization,
             "merge": "adapter merged into float32 weights" + (" de-quantised from " + recipe.backbone.quantization
                                                               if recipe.backbone.quantization != "none" else ""),
+            **({"onnx": onnx} if onnx else {}),
         }, indent=1), encoding="utf-8")
     return dest

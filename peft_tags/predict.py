@@ -26,27 +26,43 @@ from .rundir import check_run_dir, loading
 
 log = logging.getLogger("peft_tags.predict")
 
+BACKENDS = ("torch", "onnx")
+
 
 class Tagger:
     """A trained run loaded from an output directory of ``peft-tags train``."""
 
-    def __init__(self, model, codec, recipe, device, meta: dict | None = None):
-        self.model, self.codec, self.recipe, self.device = model, codec, recipe, device
+    def __init__(self, model, codec, recipe, device, meta: dict | None = None, backend: str = "torch"):
+        self.model, self.codec, self.recipe, self.device, self.backend = model, codec, recipe, device, backend
         self.meta: dict = meta or {}  # labels.json of the run
         self.task = tasks.get(tasks.task_of(self.meta) if self.meta else recipe.task.type)
 
     @classmethod
-    def load(cls, output_dir: str | Path, device: str | None = None) -> "Tagger":
+    def load(cls, output_dir: str | Path, device: str | None = None, backend: str = "torch",
+             threads: int | None = None) -> "Tagger":
         """Load an output directory; raises UserError (one line naming the file) when its files are
-        missing, damaged or do not fit together (:func:`peft_tags.rundir.check_run_dir`)."""
+        missing, damaged or do not fit together (:func:`peft_tags.rundir.check_run_dir`).
+
+        ``backend``: ``torch`` (the run as trained, adapter and all), or ``onnx`` (the ONNX model
+        of an output directory written by ``peft-tags export RUN DEST --format onnx``, run by
+        onnxruntime on the CPU with ``threads`` threads). Decoding is the same for both."""
         from .backbones import resolve_backbone
         from .model import HEAD_NAME, load_tokenizer, quiet_transformers
 
+        if backend not in BACKENDS:
+            raise UserError(f"--backend: expected {' or '.join(BACKENDS)}, got '{backend}'")
         out = Path(output_dir)
         recipe, meta = check_run_dir(out)
         quiet_transformers()
         backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.cache_dir)
         codec = tasks.get(tasks.task_of(meta)).codec_from_meta(load_tokenizer(backbone), meta)
+        if backend == "onnx":
+            from .onnxio import ONNX_FILE, OnnxModel
+
+            if not (out / ONNX_FILE).is_file():
+                raise UserError(f"{out}: no ONNX model ({ONNX_FILE}); write one with "
+                                f"'peft-tags export {out} DEST --format onnx' and load DEST")
+            return cls(OnnxModel(out / ONNX_FILE, threads), codec, recipe, torch.device("cpu"), meta, backend)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         with torch.random.fork_rng(devices=[]):  # building a model seeds torch; not the caller's RNG
             model = _build(out, recipe, backbone, codec.num_outputs, device)
@@ -54,7 +70,7 @@ class Tagger:
         if recipe.backbone.quantization == "none":  # a quantised model is placed on the device as it loads
             model.to(device)
         model.eval()
-        return cls(model, codec, recipe, device, meta)
+        return cls(model, codec, recipe, device, meta, backend)
 
     def tag(self, titles: list[str], batch_size: int = 32, **options) -> list[list]:
         """The tags of each title, as the run's task gives them (each with ``as_dict()``); for a

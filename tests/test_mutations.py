@@ -606,7 +606,7 @@ def _cli_cases():
     cases = []
     parser = build_parser()
     args = {"train": ["r.yaml"], "validate": ["r.yaml"], "ls": [], "predict": ["@mrun", "华为"], "export": ["@run", "@dest"],
-            "retune": ["@mrun"], "derive-tags": ["jd-ner", "@dest"]}
+            "retune": ["@mrun"], "derive-tags": ["jd-ner", "@dest"], "serve": ["@run"]}
     assert set(args) == set(parser.commands)
     for name, sub in parser.commands.items():
         prog = f"peft-tags {name}"

@@ -55,14 +55,14 @@ def test_no_module_is_over_400_lines():
 LAYERS = [
     ("base", ["errors", "version"]),
     ("files", ["config.validate", "config.yamlio", "config.overrides", "data", "owned", "lock", "statefile", "metrics",
-               "precision", "sampler"]),
+               "precision", "sampler", "tablefiles"]),
     ("schema", ["config.schema"]),
     ("methods", ["methods", "tuners", "backbones"]),
-    ("model", ["model"]),
+    ("model", ["model", "onnxio"]),
     ("tasks", ["tasks"]),
     ("recipes", ["config", "recipe"]),
     ("checks", ["preflight", "rundir", "card", "derive"]),
-    ("runs", ["checkpoint", "predict", "train", "export", "retune"]),
+    ("runs", ["checkpoint", "predict", "stream", "train", "export", "retune", "serve"]),
     ("commands", ["cli", "launch", "__main__", ""]),
 ]
 
