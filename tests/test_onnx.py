@@ -44,6 +44,7 @@ def test_onnx_backend_computes_what_the_trained_run_computes(exported):
         assert [t.score for t in a] == pytest.approx([t.score for t in b], abs=1e-3)
     meta = json.loads((exported / "fp32" / "export.json").read_text())
     assert meta["onnx"]["quantize"] == "none"
+    assert meta["onnx"]["fused"]["Attention"] == 2  # one fused attention per layer of the tiny BERT
 
 
 def test_int8_export_is_smaller_and_close(exported):
