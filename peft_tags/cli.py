@@ -86,7 +86,9 @@ def _export(args) -> int:
 
 
 def _serve(args) -> int:
-    from .serve import serve
+    from .serve import require, serve
+
+    require()  # before anything imports fastapi
     from .serve.app import Limits
 
     limits = Limits(max_titles=args.max_titles, max_chars=args.max_chars, max_batch=args.max_batch,

@@ -54,15 +54,20 @@ class Tagger:
         out = Path(output_dir)
         recipe, meta = check_run_dir(out)
         quiet_transformers()
-        backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.cache_dir)
-        codec = tasks.get(tasks.task_of(meta)).codec_from_meta(load_tokenizer(backbone), meta)
+        task = tasks.get(tasks.task_of(meta))
         if backend == "onnx":
             from .onnxio import ONNX_FILE, OnnxModel
 
             if not (out / ONNX_FILE).is_file():
                 raise UserError(f"{out}: no ONNX model ({ONNX_FILE}); write one with "
                                 f"'peft-tags export {out} DEST --format onnx' and load DEST")
+            if device not in (None, "cpu"):
+                raise UserError(f"device: the onnx backend runs on the CPU, not '{device}'")
+            with loading(out / "model"):  # the export's own tokenizer: no backbone to resolve
+                codec = task.codec_from_meta(load_tokenizer(str(out / "model")), meta)
             return cls(OnnxModel(out / ONNX_FILE, threads), codec, recipe, torch.device("cpu"), meta, backend)
+        backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.cache_dir)
+        codec = task.codec_from_meta(load_tokenizer(backbone), meta)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         with torch.random.fork_rng(devices=[]):  # building a model seeds torch; not the caller's RNG
             model = _build(out, recipe, backbone, codec.num_outputs, device)

@@ -91,7 +91,7 @@ def service(runs):
     from peft_tags.serve.app import Limits, create_app
     from peft_tags.serve.models import load_runs, parse_run_args
 
-    items = parse_run_args([str(runs / "spans"), f"tags={runs / 'tags'}", str(runs / "ia3")])
+    items = parse_run_args([str(runs / "spans"), f"tags={runs / 'tags'}", str(runs / "ia3"), f"spans.v2={runs / 'spans'}"])
     app = create_app(lambda: load_runs(items), Limits(max_titles=8, max_chars=40, max_batch=16, max_wait_ms=20))
     with Server(app) as s:
         yield s
@@ -103,11 +103,11 @@ def test_runs_on_one_backbone_share_it_and_answer_like_tagger(runs, service):
     status, _, body = call(service.url, "/v1/models")
     assert status == 200
     models = {m["name"]: m for m in body["models"]}
-    assert set(models) == {"spans", "tags", "ia3"}
-    assert models["spans"]["served_with"] == ["tags"] and models["spans"]["shared_backbone"]
+    assert set(models) == {"spans", "tags", "ia3", "spans.v2"}  # a '.' in a name is fine
+    assert models["spans"]["served_with"] == ["tags", "spans.v2"] and models["spans"]["shared_backbone"]
     assert models["tags"]["task"] == "multilabel" and "tags" in models["tags"]
-    for name in ("spans", "tags", "ia3"):
-        expected = [[t.as_dict() for t in tags] for tags in Tagger.load(runs / name).tag(TITLES)]
+    for name in ("spans", "tags", "ia3", "spans.v2"):
+        expected = [[t.as_dict() for t in tags] for tags in Tagger.load(runs / name.replace(".v2", "")).tag(TITLES)]
         status, _, body = call(service.url, "/v1/tag", {"model": name, "titles": TITLES})
         assert status == 200, body
         got = [r["tags"] for r in body["results"]]
@@ -148,6 +148,10 @@ def _metric(url: str, name: str) -> float:
     (None, b"\xff\xfe", 400, "not JSON"),
     ([1, 2], None, 400, "JSON object"),
     (None, b"[" * 2000 + b"]" * 2000, 400, "nested too deeply"),
+    (None, b'{"model": "spans", "titles": ["a\\ud800b"]}', 400, "surrogate"),
+    (None, b'{"model": "spans\\udfff", "titles": ["x"]}', 400, "surrogate"),
+    (None, b'{"model": "tags", "titles": ["x"], "options": {"top_k": 1' + b"0" * 5000 + b"}}", 400, "not JSON"),
+    ({"model": "tags", "titles": ["x"], "options": {"top_k": 10 ** 400}}, None, 422, "options.top_k must be a number"),
     ({"model": "nope", "titles": ["x"]}, None, 404, "no model 'nope'"),
     ({"model": "spans", "titles": ["x"] * 9}, None, 413, "at most 8"),
     ({"model": "spans", "titles": ["x" * 41]}, None, 422, "at most 40"),
@@ -204,6 +208,31 @@ def test_a_full_queue_answers_503_with_retry_after(runs, monkeypatch):
         assert third.json()["error"]["limit"] == "max_queue"
         gate.set()
         assert first.result(30).status_code == 200 and second.result(30).status_code == 200
+
+
+def test_a_request_whose_tagging_fails_fails_alone_with_a_json_500(runs, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from peft_tags.serve import models
+    from peft_tags.serve.app import Limits, create_app
+
+    original = models.tag_requests
+
+    def fragile(group, requests, max_batch):
+        if any("坏" in t for _, titles, _ in requests for t in titles):
+            raise RuntimeError("a bug")
+        return original(group, requests, max_batch)
+
+    monkeypatch.setattr(models, "tag_requests", fragile)
+    app = create_app(lambda: models.load_runs(models.parse_run_args([str(runs / "spans")])),
+                     Limits(max_wait_ms=300), load_in_background=False)
+    with TestClient(app) as client, ThreadPoolExecutor(4) as pool:
+        titles = ["黑色手机壳", "坏", "白色", "红色"]
+        answers = list(pool.map(lambda t: client.post("/v1/tag", json={"model": "spans", "titles": [t]}), titles))
+        assert [a.status_code for a in answers] == [200, 500, 200, 200]
+        assert answers[1].json()["error"]["message"].startswith("tagging failed")
+        assert 'status="500"' in client.get("/metrics").text
+        assert client.get("/readyz").status_code == 200  # the worker lives on
 
 
 def test_readyz_waits_for_the_models(runs):

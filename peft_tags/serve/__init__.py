@@ -26,8 +26,9 @@ def _check_address(host: str, port: int) -> None:
     """One line now, rather than uvicorn's exit after the models have loaded."""
     import socket
 
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    try:  # uvicorn binds IPv4 unless the host is an IPv6 address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        infos = socket.getaddrinfo(host, port, family, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise UserError(f"--host: cannot resolve '{host}' ({e.strerror})") from None
     family, kind, proto, _, address = infos[0]
@@ -42,13 +43,13 @@ def _check_address(host: str, port: int) -> None:
 def serve(items: list[str], host: str = "127.0.0.1", port: int = 8000, backend: str = "torch",
           threads: int | None = None, limits=None, device: str | None = None) -> int:
     """Check the runs, start the server, load the runs in the background (``/readyz`` says when)."""
+    require()
     import torch
     import uvicorn
 
     from .app import Limits, create_app
     from .models import check_runs, load_runs, parse_run_args
 
-    require()
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
     _check_address(host, port)
     runs = parse_run_args(items)

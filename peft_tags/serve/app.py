@@ -42,10 +42,16 @@ class Limits:
     max_batch: int = 32  # titles per forward pass
     max_wait_ms: float = 5.0  # how long the first request of a batch waits for others
     max_queue: int = 2048  # titles waiting; beyond it, 503
+    timeout_s: float = 300.0  # a request not answered by then gets 504
 
     @property
     def max_body_bytes(self) -> int:
-        return self.max_titles * (self.max_chars * 4 + 8) + 4096
+        # 12 bytes a character: JSON encoders that escape non-ASCII write \\uXXXX, twice for an emoji
+        return self.max_titles * (self.max_chars * 12 + 8) + 4096
+
+
+class TaggingFailed:
+    """The result of a request whose tagging raised (a bug; the log has its traceback)."""
 
 
 class ApiError(Exception):
@@ -90,13 +96,23 @@ def create_app(load: Callable[[], dict], limits: Limits = Limits(), on_fatal: Ca
     state = {"runs": None, "failed": None, "batcher": None}
 
     def compute(jobs: list[Job]) -> list:
+        """Results (or exceptions) of the jobs, group by group. A failing group is tried again job
+        by job, so one bad request fails alone, not everything batched with it."""
         by_group: dict = {}
         for j, job in enumerate(jobs):
             by_group.setdefault(id(job.run.group), []).append(j)
         out: list = [None] * len(jobs)
         for idx in by_group.values():
             group = jobs[idx[0]].run.group
-            res = tag_requests(group, [(jobs[j].run, jobs[j].titles, jobs[j].options) for j in idx], limits.max_batch)
+            try:
+                res = tag_requests(group, [(jobs[j].run, jobs[j].titles, jobs[j].options) for j in idx],
+                                   limits.max_batch)
+            except Exception:
+                if len(idx) == 1:
+                    log.exception("tagging failed (model %s)", jobs[idx[0]].run.name)
+                    out[idx[0]] = TaggingFailed()
+                    continue
+                res = [compute([jobs[j]])[0] for j in idx]
             for j, r in zip(idx, res):
                 out[j] = r
         return out
@@ -128,7 +144,7 @@ def create_app(load: Callable[[], dict], limits: Limits = Limits(), on_fatal: Ca
         try:
             yield
         finally:
-            await asyncio.get_running_loop().run_in_executor(None, batcher.stop)
+            await asyncio.get_running_loop().run_in_executor(None, batcher.stop, 120)
 
     app = FastAPI(title="peft-tags", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.peft_tags = state
@@ -143,6 +159,8 @@ def create_app(load: Callable[[], dict], limits: Limits = Limits(), on_fatal: Ca
 
     @app.get("/readyz")
     async def readyz():
+        if state["batcher"] is not None and not state["batcher"].worker.is_alive():
+            return error(503, "the tagging worker has stopped")
         if state["runs"] is not None:
             return {"status": "ready", "models": list(state["runs"])}
         if state["failed"]:
@@ -179,12 +197,22 @@ def create_app(load: Callable[[], dict], limits: Limits = Limits(), on_fatal: Ca
             finally:
                 batcher.arriving -= 1
             if not queued:
+                if batcher.stopping or not batcher.worker.is_alive():
+                    raise ApiError(503, "the service is shutting down")
                 raise ApiError(503, f"the queue is full ({limits.max_queue} titles waiting); retry shortly",
                                "max_queue")
-            results = await job.future
+            results = await asyncio.wait_for(job.future, limits.timeout_s)
+            if isinstance(results, TaggingFailed):
+                raise ApiError(500, "tagging failed (the service log has the details)")
+        except asyncio.TimeoutError:
+            metrics.requests.labels(model, "504").inc()
+            return error(504, f"no answer within {limits.timeout_s:g} s")
         except ApiError as e:
             metrics.requests.labels(model, str(e.status)).inc()
             return error(e.status, e.message, e.limit, {"Retry-After": "1"} if e.status == 503 else None)
+        except Exception:  # a bug, logged by the worker: still a JSON answer, and counted
+            metrics.requests.labels(model, "500").inc()
+            return error(500, "tagging failed (the service log has the details)")
         metrics.requests.labels(model, "200").inc()
         metrics.titles.labels(model).inc(len(titles))
         metrics.latency.labels(model).observe(time.perf_counter() - start)
@@ -212,11 +240,17 @@ async def _parse(request, state: dict, limits: Limits):
         raise ApiError(400, f"the body is not JSON: {getattr(e, 'msg', 'not UTF-8')}") from None
     except RecursionError:
         raise ApiError(400, "the body is not JSON this service reads: nested too deeply") from None
+    except ValueError as e:  # e.g. an integer past Python's digit limit
+        raise ApiError(400, f"the body is not JSON this service reads: {str(e)[:120]}") from None
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "the body holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object with 'model' and 'titles'")
     unknown = sorted(set(data) - {"model", "titles", "options"})
     if unknown:
-        raise ApiError(422, f"unknown field '{unknown[0]}' (fields: model, titles, options)")
+        raise ApiError(422, f"unknown field '{unknown[0][:40]}' (fields: model, titles, options)")
     if state["runs"] is None:
         raise ApiError(503, "loading models")
     name = data.get("model")
@@ -224,7 +258,7 @@ async def _parse(request, state: dict, limits: Limits):
         raise ApiError(422, "'model' must be a string, one of GET /v1/models")
     run = state["runs"].get(name)
     if run is None:
-        raise ApiError(404, f"no model '{name}' (served: {', '.join(state['runs'])})")
+        raise ApiError(404, f"no model '{name[:100]}' (served: {', '.join(state['runs'])})")
     titles = data.get("titles")
     if not isinstance(titles, list) or not titles:
         raise ApiError(422, "'titles' must be a non-empty list of strings")
@@ -243,8 +277,9 @@ async def _parse(request, state: dict, limits: Limits):
     if not isinstance(options, dict):
         raise ApiError(422, "'options' must be an object")
     for key, value in options.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ApiError(422, f"options.{key} must be a number")
+        if not (isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**31
+                or isinstance(value, float) and math.isfinite(value)):
+            raise ApiError(422, f"options.{key[:40]} must be a number")
     try:
         run.task.check_options(**options)
     except UserError as e:

@@ -52,7 +52,7 @@ class MicroBatcher:
     def submit(self, job: Job) -> bool:
         """Queue ``job``; False when the queue is full or the service is stopping (nothing queued)."""
         with self.cond:
-            if self.stopping or (self.queued_titles and self.queued_titles + len(job.titles) > self.max_queue):
+            if self.stopping or not self.worker.is_alive() or (self.queued_titles and self.queued_titles + len(job.titles) > self.max_queue):
                 return False
             self.queue.append(job)
             self.queued_titles += len(job.titles)
@@ -95,17 +95,19 @@ class MicroBatcher:
             jobs = self._take()
             if jobs is None:
                 return
-            if self.on_batch is not None:
-                self.on_batch(sum(len(j.titles) for j in jobs))
             try:
+                if self.on_batch is not None:
+                    self.on_batch(sum(len(j.titles) for j in jobs))
                 results = self.compute(jobs)
+                for job, result in zip(jobs, results):
+                    job.loop.call_soon_threadsafe(_settle, job.future, result, None)
             except Exception as e:  # a bug must reach the waiting requests, not kill the worker
                 log.exception("tagging failed")
                 for job in jobs:
-                    job.loop.call_soon_threadsafe(_settle, job.future, None, e)
-                continue
-            for job, result in zip(jobs, results):
-                job.loop.call_soon_threadsafe(_settle, job.future, result, None)
+                    try:
+                        job.loop.call_soon_threadsafe(_settle, job.future, None, e)
+                    except RuntimeError:  # its event loop has closed
+                        pass
 
 
 def _settle(future: asyncio.Future, result, error) -> None:

@@ -29,14 +29,17 @@ from ..errors import UserError
 
 log = logging.getLogger("peft_tags.serve")
 
-#: peft types whose adapters serve rows of several adapters in one forward pass
+#: peft types whose adapters share a backbone copy (several adapters of one type in a peft model)
+SHARED_TYPES = ("LORA", "IA3", "LOHA", "LOKR")
+#: of those, the ones whose rows of several adapters go through one forward pass (adapter_names)
 MIXED_BATCH_TYPES = ("LORA",)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 @dataclass(eq=False)
 class Group:
-    """One model in memory and the runs it serves."""
+    """One model in memory and the runs it serves. Only the batcher's one worker thread runs it:
+    ``set_adapter`` and peft's ``adapter_names`` change state of the whole model."""
 
     model: torch.nn.Module
     shared: bool  # a peft model with each run's adapter; the runs apply their own heads
@@ -52,7 +55,7 @@ class Group:
         out = None
         for name in dict.fromkeys(adapters):
             rows = [i for i, a in enumerate(adapters) if a == name]
-            self.model.set_adapter(name)
+            self.model.set_adapter(name, inference_mode=True)  # by default peft makes it trainable
             h = self.model(input_ids=input_ids[rows], attention_mask=attention_mask[rows]).logits
             if out is None:
                 out = h.new_zeros((len(adapters), *h.shape[1:]))
@@ -69,6 +72,7 @@ class ServedRun:
     tagger: object  # a Tagger: codec, meta, recipe, device, and a model callable for this run alone
     group: Group
     head: torch.nn.Module | None = None  # its own head, in a shared group
+    adapter: str | None = None  # its adapter's name in the shared peft model
 
     @property
     def task(self):
@@ -90,14 +94,14 @@ class ServedRun:
 class RunView:
     """One run of a shared group, called like a transformers model (for ``Tagger``)."""
 
-    def __init__(self, group: Group, run_name: str, head: torch.nn.Module):
-        self.group, self.run_name, self.head = group, run_name, head
+    def __init__(self, group: Group, adapter: str, head: torch.nn.Module):
+        self.group, self.adapter, self.head = group, adapter, head
 
     def eval(self):
         return self
 
     def __call__(self, input_ids, attention_mask):
-        h = self.group.hidden(input_ids, attention_mask, [self.run_name] * len(input_ids))
+        h = self.group.hidden(input_ids, attention_mask, [self.adapter] * len(input_ids))
         return SimpleNamespace(logits=self.head(h))
 
 
@@ -167,8 +171,8 @@ def _share_key(path: Path, recipe, meta: dict):
         return None
     peft_type = json.loads((path / "adapter_config.json").read_text(encoding="utf-8")).get("peft_type")
     b = recipe.backbone
-    if peft_type in (None, "BOTTLENECK") or str(peft_type).endswith("_TUNING"):
-        return None  # our own tuner and the prompt methods keep one adapter per model
+    if peft_type not in SHARED_TYPES:
+        return None  # our own tuner, the prompt methods and untested types keep one adapter per model
     return (b.name, b.cache_dir, b.quantization, b.double_quantization, b.compute_dtype, peft_type)
 
 
@@ -200,31 +204,32 @@ def _join(group: Group, name: str, path: Path, recipe, meta: dict, device) -> Se
     from ..predict import Tagger
     from ..rundir import loading
 
+    adapter = f"run{len(group.runs)}"  # a run's name may hold '.', which torch refuses in module names
     with loading(f"{path}: the adapter (adapter_config.json, adapter_model.safetensors)"):
         config = PeftConfig.from_pretrained(str(path))
         config.modules_to_save, config.inference_mode = None, True
         if isinstance(group.model, PeftModel):
-            group.model.add_adapter(name, config)
+            group.model.add_adapter(adapter, config)
         else:
-            group.model = PeftModel(group.model, config, adapter_name=name)
+            group.model = PeftModel(group.model, config, adapter_name=adapter)
         weights = {k: v for k, v in load_peft_weights(str(path), device="cpu").items()
                    if f".{HEAD_NAME}." not in f".{k}"}
-        result = set_peft_model_state_dict(group.model, weights, adapter_name=name)
+        result = set_peft_model_state_dict(group.model, weights, adapter_name=adapter)
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
             raise UserError(f"{path / 'adapter_model.safetensors'}: weights that fit no layer ({unexpected[0]})")
     if recipe.backbone.quantization == "none":
         group.model.to(device)
     group.model.eval()
-    head_state = load_file(str(path / "head.safetensors"))
-    head = torch.nn.Linear(head_state["weight"].shape[1], head_state["weight"].shape[0])
     with loading(path / "head.safetensors"):
+        head_state = load_file(str(path / "head.safetensors"))
+        head = torch.nn.Linear(head_state["weight"].shape[1], head_state["weight"].shape[0])
         head.load_state_dict(head_state)
     head = head.to(device).eval()
     backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.cache_dir)
     codec = tasks.get(tasks.task_of(meta)).codec_from_meta(load_tokenizer(backbone), meta)
-    view = RunView(group, name, head)
-    return ServedRun(name, path, Tagger(view, codec, recipe, device, meta, "torch"), group, head)
+    view = RunView(group, adapter, head)
+    return ServedRun(name, path, Tagger(view, codec, recipe, device, meta, "torch"), group, head, adapter)
 
 
 def tag_requests(group: Group, requests: list, max_batch: int) -> list:
@@ -250,7 +255,7 @@ def tag_requests(group: Group, requests: list, max_batch: int) -> list:
             batch = pad_ids([prepared[k][3][i].input_ids for _, k, i in chunk], group.pad_id)
             ids, mask = batch["input_ids"].to(group.device), batch["attention_mask"].to(group.device)
             if group.shared:
-                h = group.hidden(ids, mask, [prepared[k][0].name for _, k, _ in chunk])
+                h = group.hidden(ids, mask, [prepared[k][0].adapter for _, k, _ in chunk])
             else:
                 logits = token_logits(group.model(input_ids=ids, attention_mask=mask).logits, ids)
             for k in dict.fromkeys(k for _, k, _ in chunk):
