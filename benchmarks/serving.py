@@ -232,12 +232,16 @@ def main(argv=None) -> int:
 
     rows = [stock(run, examples)]
     print(rows[-1], file=sys.stderr)
-    taggers = {"torch": Tagger.load(run), "onnx-fp32": Tagger.load(dirs["onnx-fp32"], backend="onnx"),
-               "onnx-int8": Tagger.load(dirs["onnx-int8"], backend="onnx")}
+    taggers = {"torch": Tagger.load(run),
+               "onnx-fp32": Tagger.load(dirs["onnx-fp32"], backend="onnx", threads=args.threads),
+               "onnx-int8": Tagger.load(dirs["onnx-int8"], backend="onnx", threads=args.threads)}
     for name, tagger in taggers.items():
+        # as predict and serve do for the onnx backend: onnxruntime all threads, torch one
+        torch.set_num_threads(1 if name.startswith("onnx") else args.threads)
         for batch in (1, args.batch):
             rows.append(ours(tagger, name, examples, batch))
             print(rows[-1], file=sys.stderr)
+    torch.set_num_threads(args.threads)
     del taggers
 
     titles = [e.text for e in examples]

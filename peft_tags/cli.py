@@ -71,6 +71,10 @@ def _predict(args) -> int:
             entry = ["-m", "peft_tags"] if Path(sys.argv[0]).name == "__main__.py" else [sys.argv[0]]
             return run_workers(n, [*entry, *sys.argv[1:]])
     choices = {k: v for k, v in (("top_k", args.top_k), ("threshold", args.threshold)) if v is not None}
+    if getattr(args, "backend", None) == "onnx":
+        from .onnxio import split_threads
+
+        choices["threads"] = split_threads()
     return predict(args.output_dir, args.titles, args.input, args.output, input_format=args.input_format,
                    output_format=args.output_format, batch_size=args.batch_size, chunk_size=args.chunk_size,
                    resume=args.resume, progress=not args.no_progress, backend=getattr(args, "backend", None), **choices)

@@ -66,7 +66,7 @@ def work_area(output: Path) -> Path:
 
 def predict(run_dir, titles=(), input=None, output=None, *, input_format=None, output_format=None,
             batch_size: int = 32, chunk_size: int | None = None, resume: bool = False, progress: bool = True,
-            backend: str | None = None, **options) -> int:
+            backend: str | None = None, threads: int | None = None, **options) -> int:
     """Tag ``titles`` or the rows of ``input``; print them, or write ``output`` (see the module's doc).
     ``options``: the task's own (``top_k``, ``threshold``). An input without titles is refused."""
     if titles and input:
@@ -79,6 +79,8 @@ def predict(run_dir, titles=(), input=None, output=None, *, input_format=None, o
         in_fmt = format_of(input, input_format, "--input")
         reader = open_reader(Path(input), in_fmt)
     load = {"backend": backend} if backend is not None else {}
+    if threads is not None:
+        load["threads"] = threads
     job = Job(run_dir, reader, in_fmt, batch_size, chunk_size, load, options)
     if output is None:
         return job.print_tags()
@@ -237,7 +239,7 @@ class Job:
         """What must be the same for ``--resume`` to continue a job."""
         ident = {"input": "(titles)", "input_format": self.in_fmt, "output_format": self.out_fmt, "rows": rows,
                  "run": str(self.run_dir.resolve()), "run_files": _run_files(self.run_dir),
-                 "options": {**self.load, **self.options}}
+                 "options": {**{k: v for k, v in self.load.items() if k != "threads"}, **self.options}}
         path = self.reader.path
         if isinstance(self.reader, TitlesReader):
             ident["input_sha256"] = hashlib.sha256(json.dumps(self.reader.titles).encode()).hexdigest()

@@ -106,6 +106,9 @@ def test_runs_on_one_backbone_share_it_and_answer_like_tagger(runs, service):
     assert set(models) == {"spans", "tags", "ia3", "spans.v2"}  # a '.' in a name is fine
     assert models["spans"]["served_with"] == ["tags", "spans.v2"] and models["spans"]["shared_backbone"]
     assert models["tags"]["task"] == "multilabel" and "tags" in models["tags"]
+    loaded = service.server.config.app.state.peft_tags["runs"]
+    assert loaded["spans"].group is loaded["tags"].group is loaded["spans.v2"].group  # one backbone copy
+    assert loaded["spans"].tagger.codec.tokenizer is loaded["tags"].tagger.codec.tokenizer  # and one tokenizer
     for name in ("spans", "tags", "ia3", "spans.v2"):
         expected = [[t.as_dict() for t in tags] for tags in Tagger.load(runs / name.replace(".v2", "")).tag(TITLES)]
         status, _, body = call(service.url, "/v1/tag", {"model": name, "titles": TITLES})

@@ -62,7 +62,11 @@ def serve(items: list[str], host: str = "127.0.0.1", port: int = 8000, backend: 
             if not (path / ONNX_FILE).is_file():
                 raise UserError(f"{path}: no ONNX model ({ONNX_FILE}); write one with "
                                 f"'peft-tags export {path} DEST --format onnx' and serve DEST")
-    if threads:
+    if backend == "onnx":
+        from ..onnxio import split_threads
+
+        threads = split_threads(threads)
+    elif threads:
         torch.set_num_threads(threads)
     failed: list[str] = []
 

@@ -140,6 +140,7 @@ def load_runs(items: list[tuple[str, Path]], backend: str = "torch", device: str
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     runs: dict[str, ServedRun] = {}
     groups: dict[tuple, Group] = {}
+    tokenizers: dict[str, object] = {}  # one per backbone: me5-small's takes about 300 MB
     for name, path in items:
         recipe, meta = check_run_dir(path)
         key = _share_key(path, recipe, meta) if backend == "torch" else None
@@ -150,8 +151,8 @@ def load_runs(items: list[tuple[str, Path]], backend: str = "torch", device: str
         else:
             group = groups.get(key)
             if group is None:
-                group = groups[key] = _new_group(recipe, key, device)
-            run = _join(group, name, path, recipe, meta, device)
+                group = groups[key] = _new_group(recipe, key, device, tokenizers)
+            run = _join(group, name, path, recipe, meta, device, tokenizers)
         group.runs.append(run)
         runs[name] = run
         log.info("loaded %s (%s, %s%s)", name, recipe.method.name, recipe.backbone.name,
@@ -176,9 +177,17 @@ def _share_key(path: Path, recipe, meta: dict):
     return (b.name, b.cache_dir, b.quantization, b.double_quantization, b.compute_dtype, peft_type)
 
 
-def _new_group(recipe, key, device) -> Group:
+def _tokenizer(backbone: str, cache: dict):
+    from ..model import load_tokenizer
+
+    if backbone not in cache:
+        cache[backbone] = load_tokenizer(backbone)
+    return cache[backbone]
+
+
+def _new_group(recipe, key, device, tokenizers: dict) -> Group:
     from ..backbones import resolve_backbone
-    from ..model import HEAD_NAME, build_token_classifier, load_tokenizer, quiet_transformers
+    from ..model import HEAD_NAME, build_token_classifier, quiet_transformers
 
     quiet_transformers()
     b = recipe.backbone
@@ -189,18 +198,18 @@ def _new_group(recipe, key, device) -> Group:
     setattr(model, HEAD_NAME, torch.nn.Identity())  # token states out; each run has its own head
     if b.quantization == "none":
         model.to(device)
-    pad = load_tokenizer(backbone).pad_token_id
+    pad = _tokenizer(backbone, tokenizers).pad_token_id
     return Group(model.eval(), shared=True, mixed=key[-1] in MIXED_BATCH_TYPES, pad_id=pad, device=device)
 
 
-def _join(group: Group, name: str, path: Path, recipe, meta: dict, device) -> ServedRun:
+def _join(group: Group, name: str, path: Path, recipe, meta: dict, device, tokenizers: dict) -> ServedRun:
     """Add the run's adapter (its weights only: the head is the run's own) to a shared group."""
     from peft import PeftConfig, PeftModel, set_peft_model_state_dict
     from peft.utils import load_peft_weights
     from safetensors.torch import load_file
 
     from ..backbones import resolve_backbone
-    from ..model import HEAD_NAME, load_tokenizer
+    from ..model import HEAD_NAME
     from ..predict import Tagger
     from ..rundir import loading
 
@@ -227,7 +236,7 @@ def _join(group: Group, name: str, path: Path, recipe, meta: dict, device) -> Se
         head.load_state_dict(head_state)
     head = head.to(device).eval()
     backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.cache_dir)
-    codec = tasks.get(tasks.task_of(meta)).codec_from_meta(load_tokenizer(backbone), meta)
+    codec = tasks.get(tasks.task_of(meta)).codec_from_meta(_tokenizer(backbone, tokenizers), meta)
     view = RunView(group, adapter, head)
     return ServedRun(name, path, Tagger(view, codec, recipe, device, meta, "torch"), group, head, adapter)
 

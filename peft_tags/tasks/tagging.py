@@ -65,10 +65,13 @@ def predict_log_probs(model, codec: TaggingCodec, encoded: list[Encoded], batch_
                            lambda logits, mask: log_probs_rows(codec, logits, mask), device)
 
 
-def span_score(codec: TaggingCodec, enc: Encoded, log_probs: np.ndarray, start: int, end: int, label: str) -> float:
+def span_score(codec: TaggingCodec, enc: Encoded, log_probs: np.ndarray, start: int, end: int, label: str,
+               past: np.ndarray | None = None) -> float:
     """exp of the mean log-probability of the labels (B- then I-) of the span's characters that
-    own a slot (characters past a token's last slot follow the character before them)."""
-    own = (enc.char_token[start:end] >= 0) & ~_past_last_slot(enc.char_token, codec.slots)[start:end]
+    own a slot (characters past a token's last slot follow the character before them; ``past``
+    marks them, computed here when not given)."""
+    past = _past_last_slot(enc.char_token, codec.slots) if past is None else past
+    own = (enc.char_token[start:end] >= 0) & ~past[start:end]
     chars = np.nonzero(own)[0] + start
     if not len(chars):
         return 0.0
@@ -117,8 +120,10 @@ class TaggingTask(Task):
         out = []
         for title, norm, enc, lp in zip(titles, normalized, encoded, outputs):
             spans = codec.decode(norm, enc, log_probs=lp)
+            past = _past_last_slot(enc.char_token, codec.slots)
             out.append([Tag(s.label, title[s.start : s.end], s.start, s.end,
-                            span_score(codec, enc, lp, s.start, s.end, s.label), names.get(s.label)) for s in spans])
+                            span_score(codec, enc, lp, s.start, s.end, s.label, past), names.get(s.label))
+                        for s in spans])
         return out
 
     # ------------------------------------------------------------------ training side
