@@ -36,6 +36,7 @@ from pathlib import Path
 from .errors import UserError
 from .lock import OutputLock
 from .owned import fsync_dir, is_empty_dir, make_dir, new_id, read_marker, recover, remove_owned, write_marker
+from .statefile import fsync_file
 from .tablefiles import Chunk, Reader, TitlesReader, format_of, make_writer, open_reader
 
 CHUNK_SIZE = 2048
@@ -275,7 +276,7 @@ class Job:
         final = self.work / f"{chunk.index:09d}.part"
         tmp = self.work / f".{final.name}.{os.getpid()}.tmp"
         writer.write_chunk(tmp, chunk, tags)
-        _fsync_file(tmp)
+        fsync_file(tmp)
         os.replace(tmp, final)
         fsync_dir(self.work)
 
@@ -288,7 +289,7 @@ class Job:
                             f"(the first: {missing[0]:09d}.part); run again with --resume")
         merged, tmp = self.work / MERGED, self.work / f".{MERGED}.{os.getpid()}.tmp"
         writer.merge([self.work / f"{i:09d}.part" for i in range(chunks)], tmp)
-        _fsync_file(tmp)
+        fsync_file(tmp)
         os.replace(tmp, merged)  # a new file: an earlier 'merged' may be linked where the user moved the output
         marker = read_marker(self.work)
         write_marker(self.work, KIND, marker["id"], complete=True, job=marker["job"], published=_stamp(merged))
@@ -349,14 +350,6 @@ def _run_files(run_dir: Path) -> dict:
 def _stamp(path: Path) -> list[int]:
     st = os.stat(path, follow_symlinks=False)
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Progress:
