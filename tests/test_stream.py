@@ -191,8 +191,21 @@ def test_a_killed_job_resumes_to_the_same_bytes(run, tmp_path):
     assert _leftovers(tmp_path, {"in.jsonl", "ref.jsonl", "out.jsonl"}) == []
 
 
+def test_a_kill_at_sampled_file_events_then_resume_loses_and_repeats_nothing(tmp_path, monkeypatch):
+    """The last five file events (publish, removal) and two earlier ones at random; the
+    sweep of every event is the slow test below (about a minute)."""
+    _kill_sweep(tmp_path, monkeypatch, sample=True)
+
+
+@pytest.mark.slow
 def test_a_kill_at_any_file_event_then_resume_loses_and_repeats_nothing(tmp_path, monkeypatch):
     """Every mkdir, rename, link, fsync, unlink and rmdir of a job is a place to be killed (stub tagger)."""
+    _kill_sweep(tmp_path, monkeypatch, sample=False)
+
+
+def _kill_sweep(tmp_path, monkeypatch, sample: bool):
+    import random
+
     from peft_tags.predict import Tagger
 
     monkeypatch.setattr(Tagger, "load", classmethod(lambda cls, *a, **k: stub["StubTagger"]()))
@@ -207,7 +220,12 @@ def test_a_kill_at_any_file_event_then_resume_loses_and_repeats_nothing(tmp_path
     (tmp_path / "out.csv").unlink()
     (tmp_path / "events").unlink()
     assert len(events) > 20
-    for at in range(1, len(events) + 1):
+    points = list(range(1, len(events) + 1))
+    if sample:
+        seed = random.randrange(10**6)
+        points = sorted(random.Random(seed).sample(points[:-5], 2) + points[-5:])
+        print(f"kill points {points} (seed {seed})")
+    for at in points:
         done = _killed_child(argv, tmp_path, at=at, use_stub=True)
         assert done.returncode == -9, (at, events[at - 1], done.stderr)
         rc = run_cli([*argv, "--resume"])
