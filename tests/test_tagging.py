@@ -127,3 +127,20 @@ def test_a_span_score_is_the_geometric_mean_of_its_characters_label_probabilitie
     assert tags[0].as_dict() == {"label": "1", "text": "华为", "start": 0, "end": 2, "name": "brand",
                                  "score": round((0.6 * 0.9) ** 0.5, 4)}
     assert "score" not in Tag("1", "华为", 0, 2).as_dict() and Tag("1", "华为", 0, 2, 0.5) == Tag("1", "华为", 0, 2, 0.7)
+
+
+def test_the_warning_about_cut_titles_comes_once_a_minute_per_run(tokenizer, caplog):
+    import logging
+
+    from peft_tags.tasks.tagging import _warn_cut
+
+    codec = TaggingCodec(tokenizer, ["1"], slots=4, max_length=16)
+    with caplog.at_level(logging.WARNING, logger="peft_tags.train"):
+        _warn_cut(codec, 1, 3)
+        _warn_cut(codec, 2, 5)  # within the minute: counted, not logged
+        _warn_cut(codec, 1, 1, every_s=0.0)  # the minute is over: the counts since the last warning
+        _warn_cut(TaggingCodec(tokenizer, ["1"], slots=4, max_length=16), 1, 1)  # another run warns at once
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["1 of 3 titles are longer than 16 tokens; their ends are not tagged",
+                     "3 of 6 titles are longer than 16 tokens; their ends are not tagged",
+                     "1 of 1 titles are longer than 16 tokens; their ends are not tagged"]

@@ -6,6 +6,7 @@ line and ``labels.json``.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,6 +80,25 @@ def span_score(codec: TaggingCodec, enc: Encoded, log_probs: np.ndarray, start: 
     return float(np.exp(log_probs[enc.char_token[chars], enc.char_slot[chars], ids].mean()))
 
 
+_CUT: "weakref.WeakKeyDictionary[TaggingCodec, list]" = weakref.WeakKeyDictionary()  # [last warning, cut, titles]
+
+
+def _warn_cut(codec: TaggingCodec, cut: int, n: int, every_s: float = 60.0) -> None:
+    """Warn that titles were cut at ``backbone.max_length``: at once for the first call, then at
+    most once a minute per codec with the counts since, so a service tagging all day does not
+    repeat it per batch."""
+    import time
+
+    state = _CUT.setdefault(codec, [-every_s, 0, 0])
+    state[1] += cut
+    state[2] += n
+    now = time.monotonic()
+    if now - state[0] >= every_s:
+        log.warning("%d of %d titles are longer than %d tokens; their ends are not tagged", state[1], state[2],
+                    codec.max_length)
+        _CUT[codec] = [now, 0, 0]
+
+
 @register
 class TaggingTask(Task):
     name = "tagging"
@@ -114,8 +134,7 @@ class TaggingTask(Task):
         codec = predictor.codec
         cut = sum(bool((e.char_token < 0).any()) for e in encoded)
         if cut:
-            log.warning("%d of %d titles are longer than %d tokens; their ends are not tagged", cut, len(titles),
-                        codec.max_length)
+            _warn_cut(codec, cut, len(titles))
         names = predictor.meta.get("type_names") or {}
         out = []
         for title, norm, enc, lp in zip(titles, normalized, encoded, outputs):
