@@ -45,7 +45,7 @@ class Tag:
         return out
 
     def line(self) -> str:
-        return f"{self.label}\t{self.text}\t{self.start}\t{self.end}"
+        return f"{self.label}\t{self.text}\t{self.start}\t{self.end}" + (f"\t{self.name}" if self.name else "")
 
 
 def log_probs_rows(codec: TaggingCodec, logits, attention_mask) -> list[np.ndarray]:
@@ -117,6 +117,13 @@ class TaggingTask(Task):
 
         need("types", distinct_names, "a list of distinct span types")
         need("slots", lambda v: is_int(v, 1, 16), "an integer in [1, 16]")
+        if "type_names" in meta:  # optional: names of some types
+            names = meta["type_names"]
+            if not (isinstance(names, dict) and all(k in meta["types"] and isinstance(v, str) and v
+                                                    for k, v in names.items())):
+                from ..errors import UserError
+
+                raise UserError(f"{path}: 'type_names' must map some of 'types' to non-empty names")
         return meta["slots"] * (1 + 2 * len(meta["types"]))
 
     @classmethod
@@ -152,6 +159,18 @@ class TaggingTask(Task):
         super().__init__(recipe, tokenizer, train_examples)
         self.codec = TaggingCodec(tokenizer, label_set(train_examples), recipe.task.slots, recipe.backbone.max_length)
         self.stats: dict = {}
+        self.type_names = self._type_names(recipe)
+
+    def _type_names(self, recipe) -> dict[str, str]:
+        """Names of the run's types from the data set's types.tsv (:mod:`peft_tags.data.names`)."""
+        from ..data import resolve_data_path
+        from ..data.names import type_names_beside
+
+        names = type_names_beside(resolve_data_path(recipe.data.train, recipe.data.root, key="data.train"))
+        if names:
+            log.info("type names: %d of %d types named (types.tsv)", sum(t in names for t in self.codec.types),
+                     len(self.codec.types))
+        return {t: names[t] for t in self.codec.types if t in names}
 
     def prior_bias(self, train_encoded) -> np.ndarray:
         """Per slot, the log share of each label among the characters in that slot in train
@@ -203,7 +222,7 @@ class TaggingTask(Task):
     def meta(self) -> dict:
         c = self.codec
         return {"task": self.name, "types": c.types, "labels": c.labels, "slots": c.slots, "max_length": c.max_length,
-                "num_outputs": c.num_outputs}
+                "num_outputs": c.num_outputs, **({"type_names": self.type_names} if self.type_names else {})}
 
     def metrics(self) -> dict:
         return {"alignment": self.stats,
