@@ -125,11 +125,11 @@ def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False, forma
         model.save_pretrained(str(tmp / "model"))
         tokenizer = AutoTokenizer.from_pretrained(backbone)
         tokenizer.save_pretrained(str(tmp / "model"))
-        onnx = {}
+        onnx_done = {}
         if format == "onnx":
             from .onnxio import ONNX_FILE, export_onnx
 
-            onnx = export_onnx(model, tokenizer, tmp / ONNX_FILE, quantize)
+            onnx_done = export_onnx(model, tokenizer, tmp / ONNX_FILE, quantize)
         shutil.copy2(run_dir / "head.safetensors", tmp / "head.safetensors")
         shutil.copy2(run_dir / "labels.json", tmp / "labels.json")
         for name in ("metrics.json", "test_report.txt", "dev_report.txt"):
@@ -145,6 +145,6 @@ def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False, forma
             "quantization": recipe.backbone.quantization,
             "merge": "adapter merged into float32 weights" + (" de-quantised from " + recipe.backbone.quantization
                                                               if recipe.backbone.quantization != "none" else ""),
-            **({"onnx": onnx} if onnx else {}),
+            **({"onnx": onnx_done} if onnx_done else {}),
         }, indent=1), encoding="utf-8")
     return dest

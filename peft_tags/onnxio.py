@@ -14,6 +14,8 @@ CPU without a GPU: no calibration data, a 4x smaller file, integer kernels.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -53,38 +55,51 @@ def export_onnx(model, tokenizer, path: Path, quantize: str = "none") -> dict:
     inputs = (sample["input_ids"], sample["attention_mask"])
     axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
             "logits": {0: "batch", 1: "tokens"}}
+    if path.exists():
+        raise UserError(f"{path}: already exists; the ONNX export writes a new file")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fp32 = path if quantize == "none" else path.with_name(path.stem + ".fp32.onnx")
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-        # the TorchScript exporter: the dynamo one needs onnxscript and gives the same graph here
-        torch.onnx.export(model, inputs, str(fp32), input_names=["input_ids", "attention_mask"],
-                          output_names=["logits"], dynamic_axes=axes, opset_version=OPSET, dynamo=False)
-    done = {"format": "onnx", "opset": OPSET, "quantize": quantize, "fused": _fuse(fp32, model.config) if eager else {}}
-    if quantize == "int8":
-        import onnx
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        root = logging.getLogger()
-        level, root.level = root.level, logging.ERROR  # its advice to pre-process, printed at every call
-        try:
-            # reduce_range (7-bit weights): without it the uint8 x int8 kernels of CPUs without VNNI
-            # (AVX2) saturate; on a tiny test model the largest probability error was 0.13 without,
-            # 0.005 with it. The exported file may run on either kind of CPU, so it is always on.
-            # DefaultTensorType: shape inference does not type the outputs of fused (com.microsoft) operators
-            # only the encoder's matrix products: the embeddings (Gather) and the head stay float, so
-            # that the head's scores, which Viterbi and tuned thresholds decide on, keep their precision
-            head = [n.name for n in onnx.load(str(fp32), load_external_data=False).graph.node if "classifier" in n.name]
-            quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
-                             op_types_to_quantize=["MatMul", "Attention"], nodes_to_exclude=head,
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-        finally:
-            root.level = level
-        fp32.unlink()
-        done["quantization"] = ("onnxruntime dynamic: int8 weights (7-bit range) per output channel, uint8 "
-                                "activations per batch; MatMul and Attention only, not the head "
-                                f"({', '.join(head) or 'none found'}) nor the embeddings")
+    # the float graph is written, fused and quantised in a folder of its own beside ``path``
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnx-export-") as work:
+        fp32 = Path(work) / "model.onnx"
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            # the TorchScript exporter: the dynamo one needs onnxscript and gives the same graph here
+            torch.onnx.export(model, inputs, str(fp32), input_names=["input_ids", "attention_mask"],
+                              output_names=["logits"], dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+        done = {"format": "onnx", "opset": OPSET, "quantize": quantize,
+                "fused": _fuse(fp32, model.config) if eager else {}}
+        if quantize == "none":
+            os.replace(fp32, path)
+            return done
+        head = _quantize_int8(fp32, path)
+    done["quantization"] = ("onnxruntime dynamic: int8 weights (7-bit range) per output channel, uint8 "
+                            "activations per batch; MatMul and Attention only, not the head "
+                            f"({', '.join(head) or 'none found'}) nor the embeddings")
     return done
+
+
+def _quantize_int8(fp32: Path, path: Path) -> list[str]:
+    """Dynamic int8 of the encoder's matrix products of ``fp32`` into ``path``; returns the head's
+    nodes, left in float so that the scores Viterbi and tuned thresholds decide on keep their
+    precision (the embeddings, a Gather, stay float too).
+
+    reduce_range (7-bit weights): without it the uint8 x int8 kernels of CPUs without VNNI (AVX2)
+    saturate; on a tiny test model the largest probability error was 0.13 without, 0.005 with it.
+    The exported file may run on either kind of CPU, so it is always on. DefaultTensorType: shape
+    inference does not type the outputs of fused (com.microsoft) operators."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    head = [n.name for n in onnx.load(str(fp32), load_external_data=False).graph.node if "classifier" in n.name]
+    root = logging.getLogger()
+    level, root.level = root.level, logging.ERROR  # its advice to pre-process, printed at every call
+    try:
+        quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                         op_types_to_quantize=["MatMul", "Attention"], nodes_to_exclude=head,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        root.level = level
+    return head
 
 
 #: model types whose graphs onnxruntime's transformer optimizer fuses (attention, embeddings, layer norms)

@@ -46,6 +46,7 @@ class Group:
     mixed: bool = False  # rows of several adapters in one forward pass
     pad_id: int = 0
     device: torch.device = torch.device("cpu")
+    tokenizer: object = None  # of a shared group's backbone, for every run on it
     runs: list = field(default_factory=list)
 
     def hidden(self, input_ids, attention_mask, adapters: list[str]):
@@ -152,7 +153,7 @@ def load_runs(items: list[tuple[str, Path]], backend: str = "torch", device: str
             group = groups.get(key)
             if group is None:
                 group = groups[key] = _new_group(recipe, key, device, tokenizers)
-            run = _join(group, name, path, recipe, meta, device, tokenizers)
+            run = _join(group, name, path, recipe, meta, device)
         group.runs.append(run)
         runs[name] = run
         log.info("loaded %s (%s, %s%s)", name, recipe.method.name, recipe.backbone.name,
@@ -198,17 +199,17 @@ def _new_group(recipe, key, device, tokenizers: dict) -> Group:
     setattr(model, HEAD_NAME, torch.nn.Identity())  # token states out; each run has its own head
     if b.quantization == "none":
         model.to(device)
-    pad = _tokenizer(backbone, tokenizers).pad_token_id
-    return Group(model.eval(), shared=True, mixed=key[-1] in MIXED_BATCH_TYPES, pad_id=pad, device=device)
+    tokenizer = _tokenizer(backbone, tokenizers)
+    return Group(model.eval(), shared=True, mixed=key[-1] in MIXED_BATCH_TYPES, pad_id=tokenizer.pad_token_id,
+                 device=device, tokenizer=tokenizer)
 
 
-def _join(group: Group, name: str, path: Path, recipe, meta: dict, device, tokenizers: dict) -> ServedRun:
+def _join(group: Group, name: str, path: Path, recipe, meta: dict, device) -> ServedRun:
     """Add the run's adapter (its weights only: the head is the run's own) to a shared group."""
     from peft import PeftConfig, PeftModel, set_peft_model_state_dict
     from peft.utils import load_peft_weights
     from safetensors.torch import load_file
 
-    from ..backbones import resolve_backbone
     from ..model import HEAD_NAME
     from ..predict import Tagger
     from ..rundir import loading
@@ -235,8 +236,7 @@ def _join(group: Group, name: str, path: Path, recipe, meta: dict, device, token
         head = torch.nn.Linear(head_state["weight"].shape[1], head_state["weight"].shape[0])
         head.load_state_dict(head_state)
     head = head.to(device).eval()
-    backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.cache_dir)
-    codec = tasks.get(tasks.task_of(meta)).codec_from_meta(_tokenizer(backbone, tokenizers), meta)
+    codec = tasks.get(tasks.task_of(meta)).codec_from_meta(group.tokenizer, meta)
     view = RunView(group, adapter, head)
     return ServedRun(name, path, Tagger(view, codec, recipe, device, meta, "torch"), group, head, adapter)
 

@@ -21,8 +21,7 @@ def forward_batches(model, encoded: list, batch_size: int, pad_id: int, reduce: 
     from ..model import token_logits
     from .slots import pad_ids
 
-    if hasattr(model, "eval"):
-        model.eval()
+    model.eval()
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     out: list = [None] * len(encoded)
     with torch.no_grad():
