@@ -35,7 +35,7 @@ def run(out: Path, *, data_root: str | None, train: str, dev: str | None, test: 
     from peft_tags.metrics import span_f1
     from peft_tags.model import load_tokenizer, quiet_transformers
     from peft_tags.tasks.tagging import bio_labels, char_labels_to_spans, spans_to_char_labels
-    from peft_tags.train import _versions, peak_memory_mb
+    from peft_tags.publish import peak_memory_mb, versions as _versions
 
     quiet_transformers()
 

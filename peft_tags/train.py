@@ -7,39 +7,25 @@ directory that looks complete but is not.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
 import os
-import resource
-import shutil
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
-from . import checkpoint, methods, owned, preflight
+from . import checkpoint, methods, owned, preflight, publish
 from .version import __version__
-from .card import model_card
 from .lock import OutputLock
-from .model import (HEAD_NAME, apply_method, build_token_classifier, check_max_length, is_head_param,
+from .model import (apply_method, build_token_classifier, check_max_length, is_head_param,
                     parameter_counts, quiet_transformers)
 from .precision import choose_precision
-from .predict import head_module
-from .config import Recipe, dump_recipe, recipe_to_dict
+from .config import Recipe, recipe_to_dict
 from .sampler import LengthBucketBatches, fenced_batches
 from .tasks import make_task
 
 log = logging.getLogger("peft_tags.train")
-
-
-# ----------------------------------------------------------------------------- helpers
-def peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 # ----------------------------------------------------------------------------- the run
@@ -284,71 +270,11 @@ class TrainRun:
         eval_seconds = time.perf_counter() - tick
         eval_titles = sum(len(self.data[s]) for s in results)
         if acc.is_main_process:
-            metrics = self._metrics(results, eval_titles / max(eval_seconds, 1e-9))
-            self._publish(model, metrics, {split: r.get("report", "") for split, r in results.items()})
+            metrics = publish.run_metrics(self, results, eval_titles / max(eval_seconds, 1e-9))
+            publish.publish(self, model, metrics, {split: r.get("report", "") for split, r in results.items()})
         acc.wait_for_everyone()
         acc.end_training()
         return self.out
-
-    def _metrics(self, results: dict, eval_titles_per_s: float) -> dict:
-        st = self.state
-        summary = {split: {k: v for k, v in r.items() if k != "report"} for split, r in results.items()}
-        return {
-            "recipe": self.recipe.source,
-            "task": self.recipe.task.type,
-            "method": self.recipe.method.name,
-            "backbone": self.recipe.backbone.name,
-            **{f"{split}_micro_f1": r["micro_f1"] for split, r in results.items()},
-            **{f"{split}_macro_f1": r["macro_f1"] for split, r in results.items()},
-            "scores": summary,
-            "best": st["best"],
-            "history": st["history"],
-            "parameters": self.params,
-            **self.task.metrics(),
-            "train_seconds": round(st["train_seconds"], 2),
-            "train_titles_per_s": round(st["train_titles"] / max(st["train_seconds"], 1e-9), 2),
-            "eval_titles_per_s": round(eval_titles_per_s, 2),
-            "peak_memory_mb": round(peak_memory_mb(), 1),
-            "processes": self.acc.num_processes,
-            "device": str(self.acc.device),
-            "threads": torch.get_num_threads(),
-            "mixed_precision": self.acc.mixed_precision,
-            "versions": _versions(),
-        }
-
-    def _publish(self, model, metrics: dict, reports: dict[str, str]) -> None:
-        from safetensors.torch import save_file
-
-        # the recipe as it ran, made to load from anywhere: a local backbone by absolute path
-        resolved = dataclasses.replace(self.recipe, training=dataclasses.replace(self.recipe.training, resume=False))
-        if Path(resolved.backbone.name).expanduser().is_dir():
-            resolved.backbone = dataclasses.replace(resolved.backbone, name=str(Path(resolved.backbone.name).expanduser().resolve()))
-
-        with owned.Staged(self.out, "run", self.state["run_id"], replace=self.recipe.output.overwrite, key="output.dir",
-                          fingerprint=preflight.fingerprint_hash(self.pre.fingerprint)) as tmp:
-            if hasattr(model, "peft_config"):
-                model.peft_config["default"].base_model_name_or_path = self.recipe.backbone.name
-                with warnings.catch_warnings():
-                    # AdaLoRA may prune a matrix to rank 0; peft takes the empty tensors for unsharded DeepSpeed ones
-                    warnings.filterwarnings("ignore", message=r"Adapter '.*': \d+ LoRA tensor\(s\) have invalid shape")
-                    model.save_pretrained(str(tmp), save_embedding_layers=False)  # adapter_config.json + adapter_model.safetensors (with head)
-            elif self.method.saves == "model":
-                model.save_pretrained(str(tmp / "model"))
-            head = {k: v.detach().cpu().contiguous() for k, v in head_module(model, HEAD_NAME).state_dict().items()}
-            save_file(head, str(tmp / "head.safetensors"))
-            labels = self.task.meta()
-            (tmp / "labels.json").write_text(json.dumps(labels, ensure_ascii=False, indent=1), encoding="utf-8")
-            dump_recipe(resolved, tmp / "recipe.yaml")
-            (tmp / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
-            for split, report in reports.items():
-                (tmp / f"{split}_report.txt").write_text(report, encoding="utf-8")
-            (tmp / "README.md").write_text(model_card(self.recipe, metrics), encoding="utf-8")
-            if (self.work / "logs").is_dir():
-                shutil.copytree(self.work / "logs", tmp / "logs")
-        owned.remove_owned(self.work)
-        log.info("wrote %s: test micro-F1 %s, %s titles/s in training", self.out,
-                 metrics.get("test_micro_f1"), metrics["train_titles_per_s"])
-
 
 def run(recipe: Recipe) -> Path:
     r = TrainRun(recipe)
@@ -378,13 +304,6 @@ def _flat_scalars(d: dict, prefix: str = "") -> dict:
         elif isinstance(v, list):
             out[key] = ",".join(map(str, v))
     return out
-
-
-def _versions() -> dict:
-    import accelerate, peft, transformers
-
-    return {"peft_tags": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "accelerate": accelerate.__version__}
 
 
 def _configure_logging(main: bool) -> None:

@@ -62,7 +62,7 @@ LAYERS = [
     ("tasks", ["tasks"]),
     ("recipes", ["config", "recipe"]),
     ("checks", ["preflight", "rundir", "card", "derive"]),
-    ("runs", ["checkpoint", "predict", "stream", "train", "export", "retune", "serve"]),
+    ("runs", ["checkpoint", "predict", "stream", "publish", "train", "export", "retune", "serve"]),
     ("commands", ["cli", "launch", "__main__", ""]),
 ]
 
