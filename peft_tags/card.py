@@ -46,7 +46,8 @@ def _hub_id(name: str) -> bool:
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not os.path.exists(name)
 
 
-def model_card(recipe: Recipe, m: dict) -> str:
+def model_card(recipe: Recipe, m: dict, meta: dict | None = None) -> str:
+    """The card; ``meta``: the run's labels.json (type names, head size)."""
     import yaml
 
     p = m["parameters"]
@@ -60,12 +61,17 @@ def model_card(recipe: Recipe, m: dict) -> str:
         "",
         "| | |", "|---|---|",
         f"| task | {tasks.get(recipe.task.type).card_line(recipe, m)} |",
+        *([f"| type names | {', '.join(f'{k} {v}' for k, v in names.items())} |"]
+          if (names := (meta or {}).get("type_names")) else []),
         f"| data | train `{recipe.data.train}`, dev `{recipe.data.dev}`, test `{recipe.data.test}` |",
         f"| trainable parameters | adapter {p['adapter']:,} + backbone {p['backbone']:,} + head {p['head']:,} = {p['trainable']:,} ({p['trainable_pct']}% of {p['all']:,}) |",
         f"| test micro P / R / F1 | {test.get('micro_precision', float('nan')):.4f} / {test.get('micro_recall', float('nan')):.4f} / {test.get('micro_f1', float('nan')):.4f} |",
         f"| test macro F1 | {test.get('macro_f1', float('nan')):.4f} |",
         *([f"| test example-based F1 | {test['example_f1']:.4f} |"] if "example_f1" in test else []),
         f"| best dev epoch | {m['best']['epoch'] if m['best'] else '-'} |",
+        *([f"| early stopping | after epoch {stop['epoch']} of {recipe.training.epochs} (step {stop['step']}): "
+           f"{recipe.training.early_stopping_patience} dev evaluation(s) without improvement |"]
+          if (stop := m.get("stopped_early")) else []),
         f"| training | {m['train_seconds']} s, {m['train_titles_per_s']} titles/s, {m['processes']} process(es) on {m['device']}, precision {m['mixed_precision']} |",
         "",
         "## Use",
@@ -75,10 +81,50 @@ def model_card(recipe: Recipe, m: dict) -> str:
         f"Tagger.load('{recipe.output.dir}').tag(['<a product title>'])",
         "```",
         "",
-        "or `peft-tags predict <this directory> \"<title>\"`. The adapter files are standard PEFT:",
-        "`PeftModel.from_pretrained(AutoModelForTokenClassification.from_pretrained(<backbone>, "
-        "num_labels=<labels.json: num_outputs>), <this directory>)` restores adapter and head.",
+        "or `peft-tags predict <this directory> \"<title>\"`.",
+        "",
+        *_stock_use(recipe, meta or {}),
         *([note] if (note := methods.get(recipe.method.name).card_note) else []),
         "",
     ]
     return "\n".join(lines)
+
+
+def _stock_use(recipe: Recipe, meta: dict) -> list[str]:
+    """How transformers and peft alone load the run (the adapter's ``base_model_name_or_path`` is
+    the backbone's original id; ``hf/`` holds the config with the label names and the tokenizer)."""
+    from .hub import original_id
+
+    method = methods.get(recipe.method.name)
+    base = original_id(recipe.backbone.name)
+    if method.saves == "model":
+        return ["Stock transformers: `AutoModelForTokenClassification.from_pretrained('<this directory>/model')` "
+                "(label names in its config)."]
+    if method.saves != "adapter":
+        return []
+    n = meta.get("num_outputs", "<labels.json: num_outputs>")
+    lines = [
+        f"Stock transformers and peft: the adapter names its backbone `{base}` (`adapter_config.json`; the exact "
+        "weights this run was trained on and their sha256 are in `backbone.json`), and `hf/` holds the config "
+        "with the head's label names and the tokenizer:",
+        "",
+        "```python",
+        "from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer, pipeline",
+        "run = '<this directory>'",
+        "model = AutoModelForTokenClassification.from_pretrained(run, config=AutoConfig.from_pretrained(run + '/hf'))",
+        "tagger = pipeline('token-classification', model=model, tokenizer=run + '/hf')",
+        "# or: peft.AutoPeftModelForTokenClassification.from_pretrained(run, num_labels="
+        f"{n})",
+        "```",
+        "",
+        "The head's outputs are per token; peft-tags turns them into tags (" + tasks.get(recipe.task.type).help + ").",
+    ]
+    if tasks.get(recipe.task.type).hf_problem_type:
+        lines.append("`peft-tags export <this directory> <dest>` writes it as a `*ForSequenceClassification` "
+                     "(`problem_type` " + tasks.get(recipe.task.type).hf_problem_type + ", the tuned thresholds in "
+                     "its config) that `AutoModelForSequenceClassification.from_pretrained(dest + '/model', "
+                     "trust_remote_code=True)` and `pipeline('text-classification', ...)` load.")
+    if recipe.backbone.name != base and not base.startswith("/"):
+        lines.append(f"`{recipe.backbone.name}` is peft-tags' offline copy of `{base}`; with the original weights "
+                     "the outputs differ slightly from the trained ones (see `backbone.json`).")
+    return lines

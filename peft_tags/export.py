@@ -23,13 +23,63 @@ from pathlib import Path
 
 import torch
 
-from . import owned
+from . import owned, tasks
 from .errors import UserError
+from .hub import label_config
 from .methods.full import NAME as FULL, FullOptions
 
 log = logging.getLogger("peft_tags.export")
 
 FORMATS = ("hf", "onnx")
+SEQUENCE_PROBLEM = "multi_label_classification"
+MODELING_FILE = "modeling_peft_tags.py"
+MODELING = '''"""A multi-label tagger exported by peft-tags: {base} whose head gives each token a logit
+per tag; the title's logits are their {pooling} over the tokens (the pooling it was trained
+with), one sigmoid per tag. The tags of a title are those whose probability reaches
+config.tag_thresholds[tag] (tuned on dev), at most config.tag_top_k of them (null: no limit).
+
+    AutoModelForSequenceClassification.from_pretrained(<this folder>, trust_remote_code=True)
+"""
+import torch
+from transformers import {base}
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+
+class PeftTagsForSequenceClassification({base}):
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        kwargs.pop("return_dict", None)
+        logits = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+        if attention_mask is None:
+            attention_mask = torch.ones(logits.shape[:2], dtype=torch.long, device=logits.device)
+        if self.config.tag_pooling == "first":
+            pooled = logits[:, 0]
+        else:
+            mask = attention_mask.to(logits.dtype).unsqueeze(-1)
+            pooled = (logits * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        loss = None
+        if labels is not None:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(pooled, labels.to(pooled.dtype))
+        return SequenceClassifierOutput(loss=loss, logits=pooled)
+'''
+
+
+def sequence_classifier(folder: Path, model, meta: dict) -> None:
+    """Make the saved token classifier in ``folder`` a ``*ForSequenceClassification`` that stock
+    transformers loads (with ``trust_remote_code``): the same weights, the run's pooling in a
+    small modelling file, ``problem_type`` multi-label and the tuned thresholds in its config.
+    No built-in class pools a head's per-token outputs the way the run was trained."""
+    base, th = type(model).__name__, meta["thresholds"]
+    (folder / MODELING_FILE).write_text(MODELING.format(base=base, pooling=meta["pooling"]), encoding="utf-8")
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    per_tag = th.get("per_tag") if th["rule"] == "per-tag" else None
+    config.update({
+        "architectures": ["PeftTagsForSequenceClassification"],
+        "auto_map": {"AutoModelForSequenceClassification": MODELING_FILE[:-3] + ".PeftTagsForSequenceClassification"},
+        "problem_type": SEQUENCE_PROBLEM, "tag_pooling": meta["pooling"],
+        "tag_thresholds": {t: float(per_tag[t] if per_tag else th["global"]) for t in meta["tags"]},
+        "tag_top_k": th.get("top_k"),
+    })
+    (folder / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
 
 
 
@@ -111,7 +161,7 @@ def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False, forma
         if quantize not in QUANTIZE:
             raise UserError(f"--quantize: expected {' or '.join(QUANTIZE)}, got '{quantize}'")
     run_dir, dest = Path(run_dir), Path(dest)
-    check_run_dir(run_dir)
+    _, meta = check_run_dir(run_dir)
     if dest.resolve() == run_dir.resolve() or run_dir.resolve().is_relative_to(dest.resolve()):
         raise UserError(f"{dest}: is (or holds) the run being exported; choose another directory")
     if os.path.lexists(dest) and not overwrite:
@@ -121,8 +171,13 @@ def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False, forma
         raise UserError(f"{dest}: no directory '{dest.parent}' to write into")
     model, recipe, backbone = merged_model(run_dir)
 
+    task = tasks.get(tasks.task_of(meta))
+    for key, value in label_config(task, meta).items():  # names, not LABEL_<n>, in every tool
+        setattr(model.config, key, value)
     with owned.Staged(dest, "export", replace=overwrite) as tmp:
         model.save_pretrained(str(tmp / "model"))
+        if task.hf_problem_type == SEQUENCE_PROBLEM:
+            sequence_classifier(tmp / "model", model, meta)
         tokenizer = AutoTokenizer.from_pretrained(backbone)
         tokenizer.save_pretrained(str(tmp / "model"))
         onnx_done = {}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from . import owned, preflight
+from . import hub, owned, preflight
 from .card import model_card
 from .config import dump_recipe
 from .model import HEAD_NAME
@@ -56,6 +56,7 @@ def run_metrics(run, results: dict, eval_titles_per_s: float) -> dict:
         "versions": versions(),
     }
 
+
 def publish(run, model, metrics: dict, reports: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
@@ -66,23 +67,28 @@ def publish(run, model, metrics: dict, reports: dict[str, str]) -> None:
 
     with owned.Staged(run.out, "run", run.state["run_id"], replace=run.recipe.output.overwrite, key="output.dir",
                       fingerprint=preflight.fingerprint_hash(run.pre.fingerprint)) as tmp:
+        labels = run.task.meta()
         if hasattr(model, "peft_config"):
-            model.peft_config["default"].base_model_name_or_path = run.recipe.backbone.name
+            # the original model id (or the local directory): what transformers and peft can resolve
+            model.peft_config["default"].base_model_name_or_path = hub.original_id(run.recipe.backbone.name)
             with warnings.catch_warnings():
                 # AdaLoRA may prune a matrix to rank 0; peft takes the empty tensors for unsharded DeepSpeed ones
                 warnings.filterwarnings("ignore", message=r"Adapter '.*': \d+ LoRA tensor\(s\) have invalid shape")
                 model.save_pretrained(str(tmp), save_embedding_layers=False)  # adapter_config.json + adapter_model.safetensors (with head)
+            hub.write_hf_dir(tmp / hub.HF_DIR, model.get_base_model(), run.pre.tokenizer, run.task, labels)
         elif run.method.saves == "model":
+            for key, value in hub.label_config(run.task, labels).items():
+                setattr(model.config, key, value)
             model.save_pretrained(str(tmp / "model"))
         head = {k: v.detach().cpu().contiguous() for k, v in head_module(model, HEAD_NAME).state_dict().items()}
         save_file(head, str(tmp / "head.safetensors"))
-        labels = run.task.meta()
         (tmp / "labels.json").write_text(json.dumps(labels, ensure_ascii=False, indent=1), encoding="utf-8")
         dump_recipe(resolved, tmp / "recipe.yaml")
+        owned.write_json_atomic(tmp / hub.BACKBONE_FILE, hub.backbone_record(run.recipe.backbone.name, run.pre.backbone))
         (tmp / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
         for split, report in reports.items():
             (tmp / f"{split}_report.txt").write_text(report, encoding="utf-8")
-        (tmp / "README.md").write_text(model_card(run.recipe, metrics), encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(run.recipe, metrics, labels), encoding="utf-8")
         if (run.work / "logs").is_dir():
             shutil.copytree(run.work / "logs", tmp / "logs")
     owned.remove_owned(run.work)

@@ -82,7 +82,7 @@ def retune(run: str | os.PathLike, overrides: list[str] = (), batch_size: int = 
         files = {"labels.json": json.dumps(meta, ensure_ascii=False, indent=1),
                  "metrics.json": json.dumps(metrics, ensure_ascii=False, indent=1),
                  **{f"{split}_report.txt": r.get("report", "") for split, r in results.items()},
-                 "README.md": model_card(recipe, metrics)}
+                 "README.md": model_card(recipe, metrics, meta)}
         for name, text in files.items():
             (stage / name).write_text(text, encoding="utf-8")
         dump_recipe(recipe, stage / "recipe.yaml")

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError, one_line
+from .hub import same_id
 from .statefile import tensor_shapes
 from .tasks import is_int, task_of
 
@@ -152,7 +153,7 @@ def _check_adapter(out: Path, config: dict, weights: dict[str, list[int]], backb
     if not isinstance(kind, str) or not kind:
         raise UserError(f"{path}: missing key 'peft_type'")
     base = config.get("base_model_name_or_path")
-    if base and not same_backbone(str(base), backbone):
+    if base and not same_backbone(str(base), backbone) and not same_id(str(base), backbone):
         raise UserError(f"{path}: the adapter was trained on backbone '{base}', but recipe.yaml's backbone.name is "
                         f"'{backbone}'")
     if kind not in ("LORA", "ADALORA"):

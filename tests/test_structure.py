@@ -61,7 +61,7 @@ LAYERS = [
     ("model", ["model", "onnxio"]),
     ("tasks", ["tasks"]),
     ("recipes", ["config", "recipe"]),
-    ("checks", ["preflight", "rundir", "card", "derive"]),
+    ("checks", ["preflight", "rundir", "card", "derive", "hub"]),
     ("runs", ["checkpoint", "predict", "stream", "publish", "train", "export", "retune", "serve"]),
     ("commands", ["cli", "launch", "__main__", ""]),
 ]

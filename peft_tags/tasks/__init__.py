@@ -68,6 +68,15 @@ class Task:
         raise NotImplementedError
 
     @classmethod
+    def hf_labels(cls, meta: dict) -> list[str] | None:
+        """The name of each head output, for ``id2label`` in the configs transformers reads;
+        None: transformers' own ``LABEL_<n>``."""
+        return None
+
+    #: ``problem_type`` of a transformers config for such a head ("" for none)
+    hf_problem_type: str = ""
+
+    @classmethod
     def check_options(cls, **options) -> None:
         """Refuse (UserError) a prediction option this task does not have or a bad value."""
         if options:

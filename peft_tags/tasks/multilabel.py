@@ -105,6 +105,12 @@ class MultiLabelTask(Task):
             raise UserError(f"{path}: 'thresholds.top_k' must be null or an integer >= 1, got {th['top_k']!r}")
         return len(meta["tags"])
 
+    hf_problem_type = "multi_label_classification"
+
+    @classmethod
+    def hf_labels(cls, meta: dict) -> list[str]:
+        return list(meta["tags"])
+
     @classmethod
     def codec_from_meta(cls, tokenizer, meta: dict) -> MultiLabelCodec:
         return MultiLabelCodec(tokenizer, meta["tags"], meta["max_length"], meta["pooling"])

@@ -128,6 +128,16 @@ class TaggingTask(Task):
         return meta["slots"] * (1 + 2 * len(meta["types"]))
 
     @classmethod
+    def hf_labels(cls, meta: dict) -> list[str]:
+        """Output ``s * len(labels) + j`` is label ``j`` of a token's character ``s + 1``:
+        ``B-4 product word`` (with the type's name where the run has one), ``@2`` onwards for a
+        token's later characters."""
+        names = meta.get("type_names") or {}
+        named = [lab + (f" {names[lab[2:]]}" if lab[:2] in ("B-", "I-") and lab[2:] in names else "")
+                 for lab in meta["labels"]]
+        return [lab + (f"@{s + 1}" if s else "") for s in range(meta["slots"]) for lab in named]
+
+    @classmethod
     def codec_from_meta(cls, tokenizer, meta: dict) -> TaggingCodec:
         return TaggingCodec(tokenizer, meta["types"], meta["slots"], meta["max_length"])
 
@@ -218,7 +228,13 @@ class TaggingTask(Task):
     def score(self, split: str, predictions: list, examples, final: bool) -> dict:
         from ..metrics import span_f1
 
-        return span_f1(predictions, [e.spans for e in examples])
+        result = span_f1(predictions, [e.spans for e in examples])
+        names = getattr(self, "type_names", None)
+        if names:  # the report's rows end with the type's name
+            result["report"] = "\n".join(
+                row + f"  {names[cells[0]]}" if len(cells := row.split()) == 5 and cells[0] in names else row
+                for row in result["report"].split("\n"))
+        return result
 
     def meta(self) -> dict:
         c = self.codec

@@ -1,0 +1,104 @@
+"""What a run tells tools outside peft-tags: which backbone it was trained on, its label names,
+and (``output.push_to_hub``) the copy on a Hugging Face hub.
+
+- ``backbone.json``: the backbone as the recipe named it, its original model id where it has
+  one (an alias's ``hub_id``), the local weights the run was trained on and their sha256. The
+  adapter's ``base_model_name_or_path`` is that id (or the absolute local directory), which
+  transformers and peft can resolve; the alias (``me5-small``) is for peft-tags only.
+- ``hf/``: a transformers config of the backbone with the run's head (``num_labels``,
+  ``id2label``/``label2id`` from the task, ``problem_type``) and the tokenizer. The adapter sits
+  beside it, so ``AutoModelForTokenClassification.from_pretrained(run, config=AutoConfig.
+  from_pretrained(run + "/hf"))`` and ``pipeline(..., model=run, config=run + "/hf",
+  tokenizer=run + "/hf")`` build the trained model with stock tools. (A ``config.json`` in the
+  run folder itself would make transformers look there for the backbone's weights.)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .errors import UserError
+
+HF_DIR = "hf"
+BACKBONE_FILE = "backbone.json"
+WEIGHT_FILES = (".safetensors", ".bin", ".json", ".model", ".txt")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def original_id(name: str) -> str:
+    """The id transformers can resolve for backbone ``name``: an alias's hub id, a hub id as
+    given, or the absolute path of a local directory."""
+    from .backbones import ALIASES
+
+    if name in ALIASES and ALIASES[name].hub_id:
+        return ALIASES[name].hub_id
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
+
+
+def backbone_record(name: str, local: str) -> dict:
+    """``backbone.json``: the backbone by name and id, and the exact local files the run used."""
+    from .backbones import ALIASES
+
+    record = {"name": name, "id": original_id(name)}
+    if name in ALIASES:
+        record["source"] = ALIASES[name].description
+    folder = Path(local)
+    if folder.is_dir():
+        record["weights"] = str(folder.resolve())
+        record["sha256"] = {p.name: sha256(p) for p in sorted(folder.iterdir())
+                            if p.is_file() and p.suffix in WEIGHT_FILES and not p.name.startswith(".")}
+    return record
+
+
+def same_id(base: str, backbone: str) -> bool:
+    """Whether an adapter's ``base_model_name_or_path`` names the recipe's backbone: as given, or
+    the alias's original id."""
+    return base == original_id(backbone)
+
+
+def label_config(task, meta: dict, problem_type: bool = False) -> dict:
+    """``num_labels``, ``id2label`` and ``label2id`` of a run's head; with ``problem_type``, the
+    task's (for a sequence-classification export: a run's own head is per token)."""
+    names = task.hf_labels(meta)
+    out = {"num_labels": meta["num_outputs"]}
+    if names is not None:
+        if len(names) != meta["num_outputs"] or len(set(names)) != len(names):
+            raise ValueError(f"task {task.name}: {len(names)} label names for {meta['num_outputs']} outputs")
+        out["id2label"] = dict(enumerate(names))
+        out["label2id"] = {n: i for i, n in enumerate(names)}
+    if problem_type and task.hf_problem_type:
+        out["problem_type"] = task.hf_problem_type
+    return out
+
+
+def write_hf_dir(dest: Path, model, tokenizer, task, meta: dict) -> None:
+    """``dest``: the config of ``model`` (the trained transformers model, without peft's wrapper)
+    with the run's label names, and the tokenizer."""
+    config = model.config.__class__.from_dict(model.config.to_dict())
+    for key, value in label_config(task, meta).items():
+        setattr(config, key, value)
+    config.architectures = [type(model).__name__]
+    config.save_pretrained(str(dest))
+    tokenizer.save_pretrained(str(dest))
+
+
+def read_backbone_record(run: Path) -> dict | None:
+    path = run / BACKBONE_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a JSON object ({e})") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    return record
