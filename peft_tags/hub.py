@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 from .errors import UserError
@@ -102,3 +103,40 @@ def read_backbone_record(run: Path) -> dict | None:
     if not isinstance(record, dict):
         raise UserError(f"{path}: expected a JSON object")
     return record
+
+
+def token_problem() -> str | None:
+    """Why an upload could not authenticate (no token anywhere huggingface_hub looks), or None."""
+    from huggingface_hub import get_token
+
+    return None if get_token() else "no Hugging Face token: set HF_TOKEN or run `hf auth login`"
+
+
+def push(run: Path, repo_id: str, private: bool = True, key: str = "--repo") -> str:
+    """Upload the output directory ``run`` (its own files; not dot files) to the hub model
+    repository ``repo_id``, created (``private``) when missing. Returns the commit's URL; one
+    UserError line naming ``key`` and the repository when the hub refuses or cannot be reached."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:  # the HTTP client of huggingface_hub 1.x and 2.x: its connection errors are not OSErrors
+        from httpx2 import HTTPError
+    except ImportError:
+        from httpx import HTTPError
+    for name in ("httpx", "httpx2"):  # one INFO line per request otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
+    problem = token_problem()
+    if problem:
+        raise UserError(f"{key}: cannot push to '{repo_id}': {problem}")
+    files = sorted(p for p in run.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(run).parts))
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        # one commit: the repository never holds half a run
+        commit = api.create_commit(repo_id, repo_type="model", commit_message=f"peft-tags run {run.name}",
+                                   operations=[CommitOperationAdd(p.relative_to(run).as_posix(), str(p)) for p in files])
+    except (HfHubHTTPError, OSError, ValueError, HTTPError) as e:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{key}: cannot push to '{repo_id}': {text}") from None
+    return str(getattr(commit, "commit_url", commit))

@@ -17,6 +17,7 @@ import torch
 from . import hub, owned, preflight
 from .card import model_card
 from .config import dump_recipe
+from .errors import UserError
 from .model import HEAD_NAME
 from .predict import head_module
 from .version import __version__
@@ -94,6 +95,13 @@ def publish(run, model, metrics: dict, reports: dict[str, str]) -> None:
     owned.remove_owned(run.work)
     log.info("wrote %s: test micro-F1 %s, %s titles/s in training", run.out,
              metrics.get("test_micro_f1"), metrics["train_titles_per_s"])
+    repo = run.recipe.output.push_to_hub
+    if repo:
+        try:
+            log.info("pushed %s to %s", run.out, hub.push(run.out, repo, run.recipe.output.hub_private,
+                                                       key="output.push_to_hub"))
+        except UserError as e:  # the run is kept: say how to push it again
+            raise UserError(f"{e}; the run is in {run.out}: push it with  peft-tags push {run.out} {repo}") from None
 
 
 def versions() -> dict:

@@ -117,9 +117,20 @@ class TrainingSection:
 class OutputSection:
     dir: str = opt(help="directory the run is written to")
     overwrite: bool = opt(False, "replace an existing output.dir at the end, if peft-tags wrote it")
+    push_to_hub: str | None = opt(None, "after training, upload the output directory to this Hugging Face hub "
+                                        "repository (owner/name; created if missing); null: no upload")
+    hub_private: bool = opt(True, "a repository that push_to_hub creates is private")
 
     def check(self) -> list[tuple[str, str]]:
-        return [("dir", "must not be empty")] if not self.dir.strip() else []
+        import re
+
+        problems = [("dir", "must not be empty")] if not self.dir.strip() else []
+        repo = self.push_to_hub
+        if repo is not None and not re.fullmatch(r"(?:[\w.-]+/)?[\w.-]{1,96}", repo) or repo and (
+                "--" in repo or ".." in repo or repo.endswith((".", "-")) or repo.startswith(("-", "."))):
+            problems.append(("push_to_hub", f"'{repo}' is not a hub repository id (owner/name: letters, digits, "
+                                            "'-', '_', '.')"))
+        return problems
 
 
 @dataclass
