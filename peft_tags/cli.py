@@ -10,7 +10,6 @@ import argparse
 import math
 import os
 import sys
-from pathlib import Path
 
 from .errors import UserError
 from .tablefiles import FORMATS
@@ -19,11 +18,52 @@ from .tablefiles import FORMATS
 def _train(args) -> int:
     from .config import load_recipe, resolve_recipe_path
 
+    _join_launched_processes()
     recipe = load_recipe(resolve_recipe_path(args.recipe), args.overrides)
     from .train import run
 
     run(recipe)
     return 0
+
+
+# a launcher of several processes tells each its number: torchrun WORLD_SIZE, mpirun one of the others
+_WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+_MULTI_PROCESS_COMMANDS = ("accelerate launch --multi_gpu --num_processes N ... (on a machine without GPUs its "
+                          "processes run on the CPUs), or torchrun --nproc_per_node N ...")
+
+
+def _join_launched_processes() -> None:
+    """Get Accelerate ready to join the processes a launcher started (before the Accelerator exists).
+
+    ``torchrun`` (which ``accelerate launch --multi_gpu`` and a ``MULTI_GPU`` config run) starts
+    N processes; on a machine without GPUs, Accelerate joins them over gloo only when told to use
+    the CPU (ACCELERATE_USE_CPU), and would otherwise run N separate one-process runs.
+    Raises UserError when ``accelerate launch`` was asked for several processes but started this
+    one alone, as it does for ``--cpu`` and ``MULTI_CPU`` configs (it starts those ranks through
+    mpirun, given ``--mpirun_hostfile``) and for ``--num_processes N`` without GPUs; and when
+    ACCELERATE_MIXED_PRECISION is not a precision accelerate knows.
+    """
+    from .precision import launcher_precision
+
+    launcher_precision()
+    env = os.environ
+    # accelerate launch sets ACCELERATE_DYNAMO_BACKEND for its script, and MASTER_ADDR only when
+    # asked for several processes (or machines); a rank without a world size is then alone
+    if "ACCELERATE_DYNAMO_BACKEND" in env and "MASTER_ADDR" in env and not any(v in env for v in _WORLD_SIZE_VARS):
+        raise UserError("accelerate launch started one process where several were asked for (it starts --cpu and "
+                        f"MULTI_CPU ranks only through mpirun): use {_MULTI_PROCESS_COMMANDS}")
+    if int(env.get("WORLD_SIZE", "1") or 1) > 1 and not _has_accelerator():
+        env["ACCELERATE_USE_CPU"] = "true"
+
+
+def _has_accelerator() -> bool:
+    """Whether Accelerate would give each of several processes a device of its own (a GPU or the like)."""
+    import torch
+
+    acc = getattr(torch, "accelerator", None)
+    if acc is None:  # torch < 2.6
+        return torch.cuda.is_available()
+    return acc.is_available() and acc.current_accelerator().type != "mps"  # MPS is one device for one process
 
 
 def _validate(args) -> int:
@@ -63,13 +103,8 @@ def _ls(args) -> int:
 def _predict(args) -> int:
     from .stream import predict
 
-    if args.input and args.output:
-        from .launch import requested_cpu_processes, run_workers
-
-        n = requested_cpu_processes()
-        if n > 1:  # accelerate launch --cpu --num_processes N started only this one process
-            entry = ["-m", "peft_tags"] if Path(sys.argv[0]).name == "__main__.py" else [sys.argv[0]]
-            return run_workers(n, [*entry, *sys.argv[1:]])
+    if args.input and args.output:  # the mode that shares its work among several processes
+        _join_launched_processes()
     choices = {k: v for k, v in (("top_k", args.top_k), ("threshold", args.threshold)) if v is not None}
     if getattr(args, "backend", None) == "onnx":
         from .onnxio import split_threads
@@ -271,13 +306,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def train_main(argv: list[str] | None = None) -> int:
     """``run_recipe.py RECIPE [key=value ...]``: the same as ``peft-tags train``."""
-    from .launch import requested_cpu_processes, run_workers
-
-    argv = sys.argv[1:] if argv is None else argv
-    n = requested_cpu_processes()
-    if n > 1:  # accelerate launch --cpu --num_processes N started only this one process
-        return run_workers(n, [sys.argv[0], *argv])
-    return main(["train", *argv])
+    return main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

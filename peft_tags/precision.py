@@ -1,15 +1,55 @@
-"""Which mixed precision a run uses, and why (the banner says it)."""
+"""Which mixed precision a run uses, and why (the banner says it).
+
+``training.mixed_precision: auto`` defers to the launcher: ``accelerate launch`` passes its
+``--mixed_precision``, else its config file's ``mixed_precision`` (``--config_file``, else
+``$HF_HOME/accelerate/default_config.yaml``), else ``no``, to the script as
+ACCELERATE_MIXED_PRECISION, which an Accelerator given no precision would use. Without it
+(``python``, ``torchrun``) ``auto`` is the hardware's best. An explicit recipe value wins over
+the launcher's, and the reason says so when the two differ.
+"""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
+from .errors import UserError
+
+LAUNCHER = "ACCELERATE_MIXED_PRECISION"
+ACCELERATE_CHOICES = ("no", "fp16", "bf16", "fp8")  # accelerate's PrecisionType
+
 
 def choose_precision(requested: str) -> tuple[str, str]:
-    """Return (accelerate mixed_precision, why)."""
+    """Return (accelerate mixed_precision, why) for ``training.mixed_precision`` = ``requested``.
+
+    Raises UserError if ACCELERATE_MIXED_PRECISION holds a value accelerate does not know.
+    """
+    launcher = launcher_precision()
     if requested != "auto":
+        if launcher is not None and launcher != requested:
+            return requested, (f"as the recipe asks (training.mixed_precision), not accelerate launch's {launcher} "
+                               f"({LAUNCHER})")
         return requested, "as the recipe asks (training.mixed_precision)"
+    if launcher is not None:
+        return launcher, (f"from accelerate launch ({LAUNCHER}={launcher}: its --mixed_precision, config file or "
+                          f"default no), as training.mixed_precision is auto")
+    return hardware_precision()
+
+
+def launcher_precision() -> str | None:
+    """The mixed precision ``accelerate launch`` (or the user) exported for the script, or None."""
+    value = os.environ.get(LAUNCHER, "").strip().lower()
+    if not value:
+        return None
+    if value not in ACCELERATE_CHOICES:
+        raise UserError(f"{LAUNCHER}={value!r} is not a mixed precision accelerate knows: use one of "
+                        f"{', '.join(ACCELERATE_CHOICES)}, or unset it")
+    return value
+
+
+def hardware_precision() -> tuple[str, str]:
+    """Return (mixed_precision, why): bf16 where the hardware computes it natively, else fp16 or no."""
     if torch.cuda.is_available():
         if torch.cuda.is_bf16_supported():
             return "bf16", f"{torch.cuda.get_device_name()} computes bf16 natively"

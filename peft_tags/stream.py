@@ -15,11 +15,12 @@ area is removed; a ``--resume`` after a kill between the link and the removal fi
 to be that file and finishes the removal. A kill at any other moment leaves the work area,
 from which ``--resume`` continues. The output is only ever the complete result.
 
-Several processes (``accelerate launch --cpu --num_processes N -m peft_tags predict ...``;
-Accelerate's ``PartialState`` joins them): process 0 checks and creates the work area under the
-output's lock (:class:`peft_tags.lock.OutputLock`) and tells the others which chunks are left;
-process r tags every N-th of those from the r-th on, into the same work area; after
-``wait_for_everyone()`` process 0 merges. Only process 0 shows progress and the summary.
+Several processes (``torchrun --nproc_per_node N -m peft_tags predict ...``, or ``accelerate
+launch --multi_gpu --num_processes N ...``, which runs torchrun; Accelerate's ``PartialState``
+joins them, on the CPUs where there are no GPUs): process 0 checks and creates the work area
+under the output's lock (:class:`peft_tags.lock.OutputLock`) and tells the others which
+chunks are left; process r tags every N-th of those from the r-th on, into the same work area;
+after ``wait_for_everyone()`` process 0 merges. Only process 0 shows progress and the summary.
 """
 from __future__ import annotations
 

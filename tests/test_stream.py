@@ -1,6 +1,6 @@
 """``peft-tags predict --input/--output``: chunked tagging of JSON lines, CSV and Parquet tables in
 constant memory, ``--resume`` after a SIGKILL, refusals that leave every file as it was, and
-several processes under ``accelerate launch``."""
+several processes under ``accelerate launch`` or ``torchrun``."""
 from __future__ import annotations
 
 import csv
@@ -354,10 +354,17 @@ def test_memory_stays_flat_for_a_large_file(tmp_path):
 
 
 # ----------------------------------------------------------------------------- several processes
-def test_two_processes_under_accelerate_launch_write_what_one_writes(run, tmp_path):
+LAUNCHERS = {  # two processes on CPUs, with a free port each time
+    "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "0"],
+    "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_two_processes_under_a_launcher_write_what_one_writes(launcher, run, tmp_path):
     inp = _write(tmp_path / "in.jsonl", _rows(_titles(25, seed=11)))
     assert run_cli(["predict", run, "--input", inp, "--output", tmp_path / "one.jsonl", "--chunk-size", "3"]) == 0
-    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    done = subprocess.run([sys.executable, *LAUNCHERS[launcher],
                            "-m", "peft_tags", "predict", str(run), "--input", str(inp), "--output",
                            str(tmp_path / "two.jsonl"), "--chunk-size", "3"],
                           cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)

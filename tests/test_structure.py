@@ -63,7 +63,7 @@ LAYERS = [
     ("recipes", ["config", "recipe"]),
     ("checks", ["preflight", "rundir", "card", "derive", "hub"]),
     ("runs", ["checkpoint", "predict", "stream", "publish", "train", "export", "retune", "serve"]),
-    ("commands", ["cli", "launch", "__main__", ""]),
+    ("commands", ["cli", "__main__", ""]),
 ]
 
 

@@ -160,8 +160,9 @@ def test_two_processes_with_ddp_over_gloo(method, tmp_path, tiny_backbone, toy_d
     accum = 2 if method == "adalora" else 1
     recipe = write_recipe(tmp_path / "ddp.yaml", tiny_backbone, toy_data, tmp_path / "out", epochs=2, batch_size=7,
                           method=method, method_options=ADALORA if method == "adalora" else None, grad_accum=accum)
-    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--cpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    # accelerate's torchrun path; without GPUs run_recipe.py has Accelerate join the ranks on the CPUs
+    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                "--main_process_port", "0", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     done = train_in_subprocess(recipe, launcher=launcher)
     assert done.returncode == 0, done.stderr[-3000:]
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
