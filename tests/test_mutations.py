@@ -36,7 +36,7 @@ if not (SHARED_DATA / "jd-ner" / "train.txt").is_file():
 N_TITLES = 40  # titles (or lines) copied from each shipped data file
 RECIPES = {f"{p.parent.name}-{p.stem}": p for p in sorted((REPO / "recipes").rglob("*.yaml"))}
 TEXTS = {rid: p.read_text(encoding="utf-8") for rid, p in RECIPES.items()}
-RAWS = {rid: yaml.safe_load(text) for rid, text in TEXTS.items()}
+RAWS = {rid: recipe_mod.recipe_mapping(p) for rid, p in RECIPES.items()}  # bases merged in
 
 
 # ============================================================================= source material
@@ -606,7 +606,7 @@ def _cli_cases():
     cases = []
     parser = build_parser()
     args = {"train": ["r.yaml"], "validate": ["r.yaml"], "ls": [], "predict": ["@mrun", "华为"], "export": ["@run", "@dest"],
-            "retune": ["@mrun"], "derive-tags": ["jd-ner", "@dest"], "serve": ["@run"]}
+            "retune": ["@mrun"], "derive-tags": ["jd-ner", "@dest"], "serve": ["@run"], "push": ["@run", "shop/run"]}
     assert set(args) == set(parser.commands)
     for name, sub in parser.commands.items():
         prog = f"peft-tags {name}"

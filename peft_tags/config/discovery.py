@@ -78,6 +78,18 @@ def resolve_recipe_path(name: str, search_dirs: Sequence[str | Path] | None = No
     return matches[0]
 
 
+def _without_file(problem: str, path: Path) -> str:
+    """A problem line of ``path`` without the file: '<file>: x' -> 'x', '<file>:<line>: x' -> 'line <line>: x'.
+    A line naming another file (a base of the recipe) is kept whole."""
+    rest = problem.removeprefix(str(path))
+    if rest == problem:
+        return problem
+    if rest.startswith(": "):
+        return rest[2:]
+    line, colon, text = rest[1:].partition(": ")
+    return f"line {line}: {text}" if rest.startswith(":") and line.isdigit() and colon else problem
+
+
 def list_recipes(root_dirs: Sequence[str | Path] | None = None) -> list[tuple[str, str, str, str]]:
     """Rows (path, method, task, backbone) for every recipe under the dirs, sorted by path.
 
@@ -93,8 +105,7 @@ def list_recipes(root_dirs: Sequence[str | Path] | None = None) -> list[tuple[st
             r = load_recipe(p)
         except UserError as err:
             first = str(err).splitlines()[0] if str(err) else "error"
-            prefix = f"{p}: "
-            rows.append((shown, ERROR_MARK, "", first[len(prefix):] if first.startswith(prefix) else first))
+            rows.append((shown, ERROR_MARK, "", _without_file(first, p)))
             continue
         rows.append((shown, r.method.name, r.task.type, r.backbone.name))
     return sorted(rows)

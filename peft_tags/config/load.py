@@ -1,7 +1,13 @@
-"""Reading, overriding, validating and writing recipes."""
+"""Reading, overriding, validating and writing recipes.
+
+A recipe may name another as its ``base:`` (relative to the recipe's file): the base is read first
+(bases can have bases) and the recipe merged over it, mappings key by key and anything else
+replacing the base's value. Every file is read under the same caps, and each problem line names
+the file and line where its key was written."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -95,10 +101,12 @@ def build_task(raw: Any, problems: Problems, resolved: bool = False):
     return build(options_cls, {**raw, "type": name}, "task", problems)
 
 
-def _finish(raw: Any, source: str, overrides: Sequence[str], positions: dict[str, int], resolved: bool = False,
-            extra: Sequence[tuple[str, str]] = ()) -> Recipe:
+def _finish(raw: Any, source: str, overrides: Sequence[str], positions: dict, resolved: bool = False,
+            in_file: dict | None = None, files: Sequence[str] = ()) -> Recipe:
+    """Validate ``raw``; ``positions``, ``in_file`` and ``files`` place each problem line (problem_lines)."""
+    in_file = in_file or {}
     problems = Problems()
-    for key, text in extra:
+    for key, text in in_file:
         problems.add(key, text)
     recipe = None
     applied: dict[str, tuple[int, str]] = {}
@@ -137,24 +145,42 @@ def _finish(raw: Any, source: str, overrides: Sequence[str], positions: dict[str
     if len(problems):
         if empty:  # overrides alone are no recipe: one line for the file
             raise RecipeError([empty_line])
-        raise RecipeError(problem_lines(problems, source, positions, applied, in_file=set(extra)))
+        raise RecipeError(problem_lines(problems, source, positions, applied, in_file, files))
     return recipe
 
 
-# --------------------------------------------------------------------------- public API
+# --------------------------------------------------------------------------- files and their bases
 
 
-def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
-    """Read, override and validate the recipe at ``path``; raise RecipeError listing every problem."""
-    source = str(path)
+@dataclasses.dataclass
+class _File:
+    """One file of a recipe and its bases, read and parsed."""
+
+    path: Path
+    source: str  # the path as the messages show it
+    text: str
+    raw: Any
+    lines: dict[str, int]  # dotted key -> line (yamlio.positions)
+
+
+def _read(path: Path, source: str, named_by: str | None = None) -> _File:
+    """Read and parse one recipe file under the caps (size, UTF-8, YAML aliases and nesting).
+
+    ``named_by``: ``<file>:<line>: base '<name>'`` of the recipe that names this file as its base;
+    a base that cannot be read is reported there. Raises RecipeError, or UserError for a top-level
+    file that cannot be read."""
     try:
-        size = Path(path).stat().st_size
+        size = path.stat().st_size
         if size > MAX_BYTES:
             raise RecipeError([f"{source}: {size} bytes; a recipe is at most {MAX_BYTES >> 20} MiB"])
-        data = Path(path).read_bytes()
+        data = path.read_bytes()
     except FileNotFoundError:
+        if named_by:
+            raise RecipeError([f"{named_by}: no such recipe file (looked for {path.resolve()})"]) from None
         raise UserError(f"{source}: no such recipe file") from None
     except OSError as err:
+        if named_by:
+            raise RecipeError([f"{named_by}: cannot read the recipe ({err.strerror or err})"]) from None
         raise UserError(f"{source}: cannot read the recipe ({err.strerror or err})") from None
     try:
         text = data.decode("utf-8")
@@ -169,9 +195,93 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         raise RecipeError([f"{source}: {where}invalid YAML: {yaml_problem(err)}"]) from None
-    twice = [(key, f"key '{key}' is given twice (lines {first} and {again})")
-             for key, first, again in duplicates(text)]
-    return _finish(raw, source, overrides, positions(text), text.startswith(RESOLVED), twice)
+    if named_by and not isinstance(raw, dict):  # the recipe naming it is merged over it key by key
+        got = "it is empty" if raw is None else f"got {show(raw)}"
+        raise RecipeError([f"{named_by}: {source} must be a mapping with sections {', '.join(SECTIONS)}; {got}"])
+    return _File(path, source, text, raw, positions(text))
+
+
+def _chain(path: Path, source: str) -> list[_File]:
+    """The recipe at ``path`` and its bases, the recipe first; raises RecipeError for a ``base:`` that
+    is not a string, a base that cannot be read or parsed, and bases that form a cycle."""
+    files = [_read(path, source)]
+    while isinstance(files[-1].raw, dict) and "base" in files[-1].raw:
+        child = files[-1]
+        line = child.lines.get("base")
+        at = f"{child.source}:{line}" if line else child.source
+        name = child.raw["base"]
+        if not isinstance(name, str) or not name.strip():
+            raise RecipeError([f"{at}: base: expected the path of a recipe file (relative to this one), "
+                               f"got {show(name)}"])
+        base = Path(name) if Path(name).is_absolute() else child.path.parent / name
+        shown = os.path.normpath(base)
+        seen = [f.path.resolve() for f in files]
+        if base.resolve() in seen:
+            cycle = " -> ".join([f.source for f in files[seen.index(base.resolve()):]] + [shown])
+            raise RecipeError([f"{at}: base '{name}': the bases form a cycle ({cycle})"])
+        files.append(_read(base, shown, named_by=f"{at}: base '{name}'"))
+    return files
+
+
+def _merge(base: Any, child: Any) -> Any:
+    """``child`` over ``base``: mappings merge key by key; anything else in the child (a scalar, a
+    list, null) replaces the base's value. Neither argument is changed."""
+    if not isinstance(base, dict) or not isinstance(child, dict):
+        return deep_copy(child)
+    out = deep_copy(base)
+    for key, value in child.items():
+        out[key] = _merge(out.get(key), value)
+    return out
+
+
+def _merged(files: Sequence[_File]) -> Any:
+    """The data of a recipe with its bases merged in, ``base`` dropped; a lone file's as it is."""
+    if len(files) == 1:
+        return files[0].raw
+    raw: Any = {}
+    for f in reversed(files):  # the furthest base first, the recipe itself last
+        raw = _merge(raw, {k: v for k, v in f.raw.items() if k != "base"})
+    return raw
+
+
+def _origins(files: Sequence[_File], raw: Any) -> dict[str, tuple[str, int]]:
+    """Dotted key -> (file, line) of every key of the merged ``raw``: the file nearest the recipe
+    that writes the key is the one whose value ``raw`` holds."""
+    found: dict[str, tuple[str, int]] = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            at = next(((f.source, f.lines[dotted]) for f in files if dotted in f.lines), None)
+            if at is not None:
+                found[dotted] = at
+            if isinstance(value, dict):
+                walk(value, dotted + ".")
+
+    if isinstance(raw, dict):
+        walk(raw, "")
+    return found
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """Read, override and validate the recipe at ``path`` (its ``base:`` files merged in, each
+    problem line naming the file and line of its key); raise RecipeError listing every problem."""
+    source = str(path)
+    files = _chain(Path(path), source)
+    raw = _merged(files)
+    twice = {(key, f"key '{key}' is given twice (lines {first} and {again})"): (f.source, first)
+             for f in files for key, first, again in duplicates(f.text)}
+    return _finish(raw, source, overrides, _origins(files, raw), files[0].text.startswith(RESOLVED), twice,
+                   [f.source for f in files])
+
+
+def recipe_mapping(path: str | Path) -> Any:
+    """The recipe at ``path`` as plain data, its ``base:`` files merged in and ``base`` dropped; not
+    validated. Raises RecipeError (UserError) for files that cannot be read or parsed."""
+    return _merged(_chain(Path(path), str(path)))
 
 
 def recipe_from_dict(raw: Any, source: str = "<dict>", overrides: Sequence[str] = ()) -> Recipe:

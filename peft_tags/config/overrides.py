@@ -40,7 +40,17 @@ def apply_overrides(raw: dict, overrides: Sequence[str], problems: Problems) -> 
     return applied
 
 
-def problem_lines(problems: Problems, source: str, positions: dict[str, int], applied, in_file=frozenset()) -> list[str]:
+def problem_lines(problems: Problems, source: str, positions: dict, applied, in_file=frozenset(),
+                  files: Sequence[str] = ()) -> list[str]:
+    """The lines of a RecipeError: ``<source>: <problem>`` in the order of the file, then the problems of
+    the overrides (each names its override), then those of keys the file lacks.
+
+    ``positions``: dotted key -> line of the key, or -> (file, line). ``in_file``: (key, problem) pairs
+    that are the file's whatever the overrides set (a mapping gives each its (file, line)). ``files``:
+    a recipe and its bases, the recipe first; with a base, a line starts with the file and line where
+    its key was written, ``<file>:<line>: <problem>``, the recipe's lines first (overrides and keys
+    no file writes keep ``<source>: ``)."""
+    chain = list(files) if len(files) > 1 else None
     rows = []
     for order, (key, text) in enumerate(problems.items):
         culprit = None
@@ -54,16 +64,23 @@ def problem_lines(problems: Problems, source: str, positions: dict[str, int], ap
         if culprit is not None:
             if culprit[1] is not None:
                 text = f"override '{culprit[1]}': {text}"
-            rows.append(((1, culprit[0], ""), order, text))
+            rows.append(((1, culprit[0], 0), order, f"{source}: {text}"))
             continue
-        line = None
+        at = in_file.get((key, text)) if isinstance(in_file, dict) else None
         probe = key
-        while probe and line is None:
-            line = positions.get(probe)
+        while probe and at is None:
+            at = positions.get(probe)
             probe = probe.rpartition(".")[0]
-        rows.append(((0, line, "") if line is not None else (2, 0, key), order, text))
+        if at is None:
+            rows.append(((2, 0, key), order, f"{source}: {text}"))
+            continue
+        file, line = at if isinstance(at, tuple) else (source, at)
+        if chain is None:
+            rows.append(((0, 0, line), order, f"{source}: {text}"))
+        else:
+            rows.append(((0, chain.index(file), line), order, f"{file}:{line}: {text}"))
     rows.sort(key=lambda r: (r[0], r[1]))
-    return [f"{source}: {text}" for _, _, text in rows]
+    return [line for _, _, line in rows]
 
 
 def deep_copy(value):
