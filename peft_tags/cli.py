@@ -1,4 +1,4 @@
-"""The ``peft-tags`` command: train, validate, ls, predict, export, serve, retune, derive-tags.
+"""The ``peft-tags`` command: train, validate, ls, predict, export, push, serve, retune, derive-tags.
 
 Mistakes a user can make end in one line per problem on stderr and exit code 2 (usage
 mistakes as ``peft-tags CMD: error: ...``, without the usage block); anything else is a bug
@@ -10,6 +10,7 @@ import argparse
 import math
 import os
 import sys
+from pathlib import Path
 
 from .errors import UserError
 from .tablefiles import FORMATS
@@ -69,6 +70,7 @@ def _has_accelerator() -> bool:
 def _validate(args) -> int:
     from .preflight import check
     from .config import load_recipe, resolve_recipe_path
+    from .config.validate import RecipeError
 
     failed = 0
     for name in args.recipes:
@@ -81,7 +83,8 @@ def _validate(args) -> int:
         except UserError as e:  # recipe problems start with the file; the checks after loading get it put first
             failed += 1
             text = str(e)
-            print(text if text.startswith(where) or "\n" in text else f"{where}: {text}", file=sys.stderr)
+            whole = isinstance(e, RecipeError) or text.startswith(where) or "\n" in text  # a recipe's lines name their files
+            print(text if whole else f"{where}: {text}", file=sys.stderr)
     return 2 if failed else 0
 
 
@@ -113,6 +116,16 @@ def _predict(args) -> int:
     return predict(args.output_dir, args.titles, args.input, args.output, input_format=args.input_format,
                    output_format=args.output_format, batch_size=args.batch_size, chunk_size=args.chunk_size,
                    resume=args.resume, progress=not args.no_progress, backend=getattr(args, "backend", None), **choices)
+
+
+def _push(args) -> int:
+    from .hub import push
+    from .rundir import check_run_dir
+
+    check_run_dir(Path(args.output_dir))  # a whole run, not any folder
+    url = push(Path(args.output_dir), args.repo, private=not args.public, key="push")
+    print(f"pushed {args.output_dir} to {args.repo}: {url}", file=sys.stderr)
+    return 0
 
 
 def _export(args) -> int:
@@ -255,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--quantize", choices=("none", "int8"), default="none",
                     help="with --format onnx: dynamic int8 weights (4x smaller, integer kernels)")
     ex.set_defaults(func=_export)
+    pu = sub.add_parser("push", help="upload a trained output directory to a Hugging Face hub repository, in one commit")
+    pu.add_argument("output_dir", help="a trained (or exported) output directory")
+    pu.add_argument("repo", help="the hub repository, owner/name (created if missing)")
+    pu.add_argument("--public", action="store_true", help="create the repository public (default: private)")
+    pu.set_defaults(func=_push)
     sv = sub.add_parser("serve", help="tag titles over HTTP (POST /v1/tag, a page at /), runs on one backbone "
                                       "sharing it")
     sv.add_argument("runs", nargs="+", metavar="RUN", help="trained output directories, or NAME=DIR to name one")

@@ -64,3 +64,20 @@ def test_a_bad_repository_id_is_a_recipe_error(recipe, capsys):
     from helpers import cli_fails
 
     cli_fails(["validate", str(recipe), "output.push_to_hub=not a repo"], capsys, "output.push_to_hub", "not a repo")
+
+
+def test_peft_tags_push_uploads_a_trained_run(recipe, tmp_path):
+    from peft_tags.cli import main as cli_main
+
+    assert cli_main(["train", str(recipe)]) == 0
+    env = child_env(HF_ENDPOINT="", HF_HUB_OFFLINE="0", HF_TOKEN="hf_standin", HF_HOME=str(tmp_path / "hf-home"))
+    with HubStandIn() as hub:
+        env["HF_ENDPOINT"] = hub.endpoint
+        done = subprocess.run([sys.executable, "-m", "peft_tags", "push", str(tmp_path / "run"), "shop/toy"],
+                              capture_output=True, text=True, env=env, timeout=300)
+        refused = subprocess.run([sys.executable, "-m", "peft_tags", "push", str(tmp_path), "shop/toy"],
+                                 capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert hub.repos["shop/toy"]["visibility"] == "private" and "adapter_model.safetensors" in hub.repos["shop/toy"]["files"]
+    assert refused.returncode == 2 and len(hub.commits) == 1  # not a run: nothing is uploaded
+    one_line(refused.stderr, str(tmp_path))
