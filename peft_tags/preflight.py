@@ -229,11 +229,13 @@ def fingerprint(recipe) -> dict:
 
     d = recipe_to_dict(recipe)
     d["training"] = {k: v for k, v in d["training"].items() if k != "resume"}
-    d["output"] = {k: v for k, v in d["output"].items() if k != "overwrite"}
+    d["output"] = {k: v for k, v in d["output"].items() if k not in ("overwrite", "push_to_hub", "hub_private")}
     hashes = {}
     for split in ("train", "dev", "test"):
         rel = getattr(recipe.data, split)
-        if rel is not None:
+        if rel is not None and getattr(recipe.data, "hub", None):  # a hub split: named, its revision pinned or not
+            hashes[split] = f"hub:{recipe.data.hub}@{recipe.data.hub_revision or 'main'}:{recipe.data.hub_config}/{rel}"
+        elif rel is not None:
             hashes[split] = file_hash(resolve_data_path(rel, recipe.data.root, key=f"data.{split}"))
     return json.loads(json.dumps({"recipe": d, "data_hash": hashes,
                                   "code": {"version": __version__, "source": source_hash()}}))

@@ -228,7 +228,7 @@ def test_bad_tags_name_the_line(tmp_path, tiny_backbone, toy_tags, capsys, line,
 
 
 @pytest.mark.parametrize("override, message", [
-    ("data.format=conll", "data.format: task multilabel reads 'tags' files"),
+    ("data.format=conll", "data.format: task multilabel reads 'tags' or 'hf-tags' files"),
     ("data.dev=null", "data.dev: task multilabel tunes its decision thresholds on dev"),
 ])
 def test_multilabel_recipe_mistakes(tmp_path, tiny_backbone, toy_tags, capsys, override, message):

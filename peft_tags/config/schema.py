@@ -51,11 +51,21 @@ class TaskOptions:
 @dataclass(kw_only=True)
 class DataSection:
     root: str | None = opt(None, "data root; null -> $PEFT_TAGS_DATA, else ../shared/data if it exists")
-    format: str = opt("conll", "file format: one of peft_tags.data.FORMATS (conll, jsonl, attribute-value, tags); "
-                               "the task says which it reads", choices=_data_formats)
-    train: str = opt(help="training file, relative to data.root (or absolute)")
-    dev: str | None = opt(None, "dev file (model selection), relative to data.root; null: none")
-    test: str | None = opt(None, "test file (final scores), relative to data.root; null: none")
+    format: str = opt("conll", "file format: one of peft_tags.data.FORMATS (conll, jsonl, attribute-value, tags, "
+                               "hf-spans, hf-tags); the task says which it reads", choices=_data_formats)
+    train: str = opt(help="training file, relative to data.root (or absolute); with data.hub: a split name")
+    dev: str | None = opt(None, "dev file (model selection), relative to data.root; with data.hub: a split name; "
+                                "null: none")
+    test: str | None = opt(None, "test file (final scores), relative to data.root; with data.hub: a split name; "
+                                 "null: none")
+    columns: dict[str, str] | None = opt(None, "hf-spans / hf-tags: our name -> the source's column, e.g. "
+                                               "{text: title, tags: labels}; null: columns named text, spans (or "
+                                               "bio), tags")
+    hub: str | None = opt(None, "hf-spans / hf-tags: a Hugging Face hub dataset (owner/name) to read instead of "
+                                "files; data.train, dev and test are then its split names; null: files")
+    hub_config: str | None = opt(None, "the hub dataset's configuration (subset); null: its default")
+    hub_revision: str | None = opt(None, "the hub dataset's branch, tag or commit (a commit pins the data); "
+                                         "null: main")
     fullwidth_to_halfwidth: bool = opt(True, "map full-width characters (ＡＢＣ１２３) to half-width before tokenizing")
     lowercase: bool = opt(False, "lowercase the text before tokenizing")
     max_train_examples: int | None = opt(None, "use only the first N training examples (> 0); null: all", gt=0)
@@ -70,8 +80,24 @@ class DataSection:
         for key in ("dev", "test"):
             value = getattr(self, key)
             if value and value.strip() and Path(value) == Path(self.train):
-                problems.append((key, f"is the same file as data.train ('{self.train}'); "
+                problems.append((key, f"is the same {'split' if self.hub else 'file'} as data.train ('{self.train}'); "
                                       f"its scores would be training scores"))
+        return problems + self._source_problems()
+
+    def _source_problems(self) -> list[tuple[str, str]]:
+        """The keys of the formats read through Hugging Face datasets (peft_tags.data.hf)."""
+        from ..data import SOURCE_FORMATS
+        from ..data.hf import column_problems
+
+        problems = column_problems(self.format, self.columns)
+        if self.hub is not None and self.format not in SOURCE_FORMATS:
+            problems.append(("hub", f"format '{self.format}' reads files; a hub dataset is read by format "
+                                    f"{' or '.join(sorted(SOURCE_FORMATS))}"))
+        elif self.hub is not None and not self.hub.strip():
+            problems.append(("hub", "must not be empty (use null to read files)"))
+        for key in ("hub_config", "hub_revision"):
+            if getattr(self, key) is not None and self.hub is None:
+                problems.append((key, "applies to a hub dataset; set data.hub too"))
         return problems
 
 

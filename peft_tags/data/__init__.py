@@ -28,6 +28,10 @@ Formats (``fmt``):
     not overlap a span already placed); values are placed longest first, so of two values that
     can only overlap the longer one is kept. ``"n/a"`` values are negatives and skipped.
     Values not found and values dropped for overlap are counted, not errors.
+``hf-spans``, ``hf-tags``
+    Spans and tags read through Hugging Face ``datasets`` from CSV, JSON or Parquet files or a
+    hub dataset, with the columns mapped by name (:mod:`peft_tags.data.hf`); mistakes name
+    ``source: row N, column 'c'``.
 
 Statistics: :func:`read_examples_with_stats` returns ``(examples, ReadStats)``;
 :func:`read_examples` returns only the examples and logs the stats' summary line on the
@@ -54,6 +58,8 @@ log = logging.getLogger("peft_tags.data")
 
 #: data format -> (reader, kind): kind "spans" (Example) or "tags" (TagExample); see register_format
 FORMATS: dict[str, tuple] = {}
+#: formats whose reader opens the source itself (binary files, hub datasets) instead of taking its lines
+SOURCE_FORMATS: set[str] = set()
 DATA_ENV = "PEFT_TAGS_DATA"
 DEFAULT_DATA_ROOT = "../shared/data"
 
@@ -121,7 +127,7 @@ class ReadStats:
                 f"{self.path}: {self.examples} examples, {self.spans} spans, "
                 f"{self.labels} labels, {self.characters} characters"
             )
-        if self.fmt == "conll" and self.repaired_tags:
+        if self.repaired_tags:
             s += f"; {self.repaired_tags} I-/E- tags that did not continue a span started new spans"
         if self.fmt == "attribute-value":
             pct = 100.0 * self.not_found / self.values if self.values else 0.0
@@ -221,8 +227,10 @@ def read_examples(
     lowercase: bool = False,
     max_examples: int | None = None,
     strict: bool = True,
+    columns: dict | None = None,
 ) -> list[Example]:
-    """Read ``path`` in format ``fmt`` (see the module doc); logs a summary at INFO."""
+    """Read ``path`` in format ``fmt`` (see the module doc); logs a summary at INFO. ``columns``:
+    the column mapping of the formats that read columns (``data.columns``)."""
     examples, _ = read_examples_with_stats(
         path,
         fmt,
@@ -230,6 +238,7 @@ def read_examples(
         lowercase=lowercase,
         max_examples=max_examples,
         strict=strict,
+        columns=columns,
     )
     return examples
 
@@ -242,6 +251,7 @@ def read_examples_with_stats(
     lowercase: bool = False,
     max_examples: int | None = None,
     strict: bool = True,
+    columns: dict | None = None,
 ) -> tuple[list[Example], ReadStats]:
     """Like :func:`read_examples`, and also return the :class:`ReadStats` of the read."""
     if fmt not in FORMATS:
@@ -252,13 +262,23 @@ def read_examples_with_stats(
         )
     if max_examples is not None and max_examples < 1:
         raise UserError(f"max_examples must be at least 1, got {max_examples}")
-    path = str(path)
-    stats = ReadStats(path=path, fmt=fmt)
-    lines = _read_lines(path)
     read, kind = FORMATS[fmt]
-    examples = read(path, lines, stats, max_examples, strict)
-    if not examples:
-        raise UserError(f"{path}: no examples (the file is empty or has only blank lines)")
+    stats = ReadStats(path=str(path), fmt=fmt)
+    if fmt in SOURCE_FORMATS:  # a file or hub split that the reader opens itself
+        examples = read(path if isinstance(path, hf.HubSplit) else str(path), stats, max_examples, strict, columns)
+        if not examples:
+            raise UserError(f"{path}: no examples (it has no rows)")
+    else:
+        if columns is not None:
+            raise UserError(f"data.columns: format '{fmt}' has no columns to map; only "
+                            f"{' and '.join(sorted(SOURCE_FORMATS))} read columns")
+        if isinstance(path, hf.HubSplit):
+            raise UserError(f"data.hub: format '{fmt}' reads files; {' and '.join(sorted(SOURCE_FORMATS))} "
+                            "read hub datasets")
+        path = str(path)
+        examples = read(path, _read_lines(path), stats, max_examples, strict)
+        if not examples:
+            raise UserError(f"{path}: no examples (the file is empty or has only blank lines)")
     for ex in examples:
         ex.text = normalize_text(ex.text, fullwidth_to_halfwidth, lowercase)
         if kind == "spans":
@@ -333,17 +353,25 @@ def string_field(obj: dict, key: str, where: str, what: str = "") -> str:
     return value
 
 
-def register_format(name: str, read, kind: str) -> None:
+def register_format(name: str, read, kind: str, *, lines: bool = True) -> None:
     """Make ``name`` a data format: ``read(path, lines, stats, max_examples, strict)`` returns the
-    examples of a file (``kind`` "spans": :class:`Example`; "tags": :class:`TagExample`)."""
+    examples of a file (``kind`` "spans": :class:`Example`; "tags": :class:`TagExample`).
+    ``lines=False``: ``read(source, stats, max_examples, strict, columns)`` opens the source itself
+    (a path, or a :class:`~peft_tags.data.hf.HubSplit`) and maps its columns by ``columns``."""
     FORMATS[name] = (read, kind)
+    if not lines:
+        SOURCE_FORMATS.add(name)
 
 
 def read_split(d, split: str) -> list:
-    """The examples of one split of a recipe's ``data`` section, as training reads them."""
-    path = resolve_data_path(getattr(d, split), d.root, key=f"data.{split}")
-    return read_examples(path, d.format, fullwidth_to_halfwidth=d.fullwidth_to_halfwidth, lowercase=d.lowercase,
-                         max_examples=getattr(d, f"max_{split}_examples"))
+    """The examples of one split of a recipe's ``data`` section, as training reads them: a file
+    under the data root, or with ``data.hub`` the split of that name of the hub dataset."""
+    if d.hub:
+        source = hf.HubSplit(d.hub, getattr(d, split), d.hub_config, d.hub_revision, key=f"data.{split}")
+    else:
+        source = resolve_data_path(getattr(d, split), d.root, key=f"data.{split}")
+    return read_examples(source, d.format, fullwidth_to_halfwidth=d.fullwidth_to_halfwidth, lowercase=d.lowercase,
+                         max_examples=getattr(d, f"max_{split}_examples"), columns=d.columns)
 
 
-from . import spans, tags  # noqa: E402,F401  (registration of the formats)
+from . import hf, spans, tags  # noqa: E402,F401  (registration of the formats)

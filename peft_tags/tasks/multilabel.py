@@ -58,7 +58,7 @@ def _is_prob(v) -> bool:
 class MultiLabelTask(Task):
     name = "multilabel"
     options_cls = MultiLabelOptions
-    formats = ("tags",)
+    formats = ("tags", "hf-tags")
     unit = "tag"
     help = "tags from the training vocabulary, one sigmoid per tag, thresholds tuned on dev"
     pipeline_tag = "text-classification"

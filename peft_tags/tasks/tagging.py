@@ -103,7 +103,7 @@ def _warn_cut(codec: TaggingCodec, cut: int, n: int, every_s: float = 60.0) -> N
 class TaggingTask(Task):
     name = "tagging"
     options_cls = TaggingOptions
-    formats = ("conll", "jsonl", "attribute-value")
+    formats = ("conll", "jsonl", "attribute-value", "hf-spans")
     unit = "span"
     help = "character spans (BIO), scored by span micro-F1"
     pipeline_tag = "token-classification"
@@ -177,6 +177,8 @@ class TaggingTask(Task):
         from ..data import resolve_data_path
         from ..data.names import type_names_beside
 
+        if getattr(recipe.data, "hub", None):  # a hub dataset's splits: no folder to hold a types.tsv
+            return {}
         names = type_names_beside(resolve_data_path(recipe.data.train, recipe.data.root, key="data.train"))
         if names:
             log.info("type names: %d of %d types named (types.tsv)", sum(t in names for t in self.codec.types),
