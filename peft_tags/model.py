@@ -42,11 +42,14 @@ def load_tokenizer(backbone_dir: str):
 
 
 def build_token_classifier(backbone_dir: str, num_outputs: int, seed: int, quantization: str = "none",
-                           double_quantization: bool = True, compute_dtype: str = "float32", device=None):
+                           double_quantization: bool = True, compute_dtype: str = "float32", device=None,
+                           gradient_checkpointing: bool = False):
     """A stock ``AutoModelForTokenClassification`` with ``num_outputs`` logits per token.
 
     ``quantization`` (nf4, fp4, int8) loads the frozen backbone through bitsandbytes, onto
-    ``device`` (default: the current GPU, else the CPU); the head stays in full precision."""
+    ``device`` (default: the current GPU, else the CPU); the head stays in full precision.
+    ``gradient_checkpointing``: see :func:`enable_gradient_checkpointing` (before a method wraps
+    the model, as peft expects)."""
     from transformers import AutoModelForTokenClassification
 
     torch.manual_seed(seed)  # the head's initialisation
@@ -63,11 +66,36 @@ def build_token_classifier(backbone_dir: str, num_outputs: int, seed: int, quant
     if quantization != "none":
         from peft import prepare_model_for_kbit_training
 
-        # frozen weights stay quantised; layer norms and the head in float32 (no gradient checkpointing:
-        # it trades time for memory, and these backbones are small)
+        # frozen weights stay quantised; layer norms and the head in float32. Checkpointing, if asked
+        # for, is turned on below as for any backbone: peft's way, non-reentrant, without the
+        # deprecated transformers call it would make
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         _no_cpu_weight_packing(model)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     return model
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Checkpoint every layer of a transformers backbone: its activations are recomputed in the
+    backward pass instead of kept (training mode only). Non-reentrant (``use_reentrant=False``),
+    so gradients reach adapters inside frozen or quantised layers without the inputs requiring
+    grad; transformers (and peft, when it wraps the model) hook the input embeddings to require
+    grad anyway, as peft's ``prepare_model_for_kbit_training`` does. Raises UserError for a
+    backbone without checkpointing."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UserError(f"training.gradient_checkpointing: this backbone ({type(model).__name__}) cannot checkpoint "
+                        "its layers; set training.gradient_checkpointing: false")
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers' new name; the old one warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def is_checkpointing(model) -> bool:
+    """Whether any layer of ``model`` (peft-wrapped or not) checkpoints its activations."""
+    return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
 
 
 def _no_cpu_weight_packing(model) -> None:
@@ -129,7 +157,14 @@ def token_logits(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
 def apply_method(model, method_name: str, options, total_steps: int = 0):
     from .methods import Context
 
-    model = methods.get(method_name).apply(model, options, Context(head_name=HEAD_NAME, total_steps=total_steps))
+    checkpointing = is_checkpointing(model)
+    try:
+        model = methods.get(method_name).apply(model, options, Context(head_name=HEAD_NAME, total_steps=total_steps))
+    except ValueError as e:  # peft's prompt methods that pass a cache between layers refuse checkpointing
+        if checkpointing and "checkpointing" in str(e):
+            raise UserError(f"training.gradient_checkpointing: method '{method_name}' cannot train with it "
+                            f"({_first_line(e)}); set training.gradient_checkpointing: false") from None
+        raise
     if not any(p.requires_grad for p in model.parameters()):
         raise UserError(f"method '{method_name}' left no trainable parameter")
     return model

@@ -2,9 +2,11 @@
 
 :func:`check` raises one :class:`~peft_tags.errors.UserError` line for the first problem it
 finds and logs nothing, so a run that cannot start prints exactly one line. In order: the
-output directory is allowed (and, for resume, holds a checkpoint of this recipe, this data
-and this code), the backbone resolves without a hub, its tokenizer loads, the method's
-target modules exist in it and ``max_length`` fits its positions, every data file exists
+training options that need more than their section (early stopping a dev split, the tracker
+its package), the output directory is allowed (and, for resume, holds a checkpoint of this
+recipe, this data and this code), the backbone resolves without a hub, its tokenizer loads,
+the method's target modules exist in it (with gradient checkpointing, if asked for, which the
+method must allow) and ``max_length`` fits its positions, every data file exists
 and parses (the culprit named by ``path:line``), and the run is long enough for its method
 (AdaLoRA's budget schedule needs two optimizer steps).
 """
@@ -64,6 +66,7 @@ def check(recipe, read_data: bool = True) -> Preflight:
     from .model import load_tokenizer, quiet_transformers
 
     quiet_transformers()
+    check_training(recipe)
     check_output(recipe)
     backbone = resolve_backbone(recipe.backbone.name, recipe.backbone.cache_dir)
     tokenizer = load_tokenizer(backbone)
@@ -146,6 +149,39 @@ def _what_changed(key: str) -> str:
     return f"another recipe ('{key.split('.', 1)[1] if key.startswith('recipe.') else key}' differs)"
 
 
+# ----------------------------------------------------------------------------- training options
+#: pip packages of accelerate's trackers whose names differ from the tracker's (with accelerate's bounds)
+TRACKER_PACKAGES = {"comet_ml": "comet-ml", "aim": "'aim<4'", "mlflow": "mlflow (or the lighter mlflow-skinny)"}
+
+
+def check_training(recipe) -> None:
+    """Keys that need more than their section: a dev split to stop early on, the tracker's package,
+    a token to push with."""
+    t = recipe.training
+    if t.early_stopping_patience is not None and recipe.data.dev is None:
+        raise UserError("training.early_stopping_patience: early stopping watches the dev score, and data.dev is null; "
+                        "set data.dev, or training.early_stopping_patience: null")
+    check_tracker(t.log_with)
+    if recipe.output.push_to_hub:  # refused now, not after the training it would upload
+        from .hub import token_problem
+
+        problem = token_problem()
+        if problem:
+            raise UserError(f"output.push_to_hub: cannot push to '{recipe.output.push_to_hub}': {problem}")
+
+
+def check_tracker(name: str | None) -> None:
+    """training.log_with names a tracker whose package is installed (accelerate would drop it silently)."""
+    if name in (None, "none", "all"):
+        return
+    from accelerate import tracking
+
+    known = {str(kind) for kind in tracking.LoggerType}  # not custom trackers registered with accelerate
+    if name in known and name not in {str(kind) for kind in tracking.get_available_trackers()}:
+        raise UserError(f"training.log_with: tracker '{name}' is not installed here: pip install "
+                        f"{TRACKER_PACKAGES.get(name, name)}, or set training.log_with: none")
+
+
 # ----------------------------------------------------------------------------- backbone and method
 def check_model(recipe, backbone: str) -> None:
     """Apply the method to a weightless skeleton of the backbone: unknown target modules and a
@@ -153,7 +189,7 @@ def check_model(recipe, backbone: str) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForTokenClassification
 
-    from .model import apply_method, check_max_length
+    from .model import apply_method, check_max_length, enable_gradient_checkpointing
 
     try:
         config = AutoConfig.from_pretrained(backbone, num_labels=4)
@@ -164,6 +200,8 @@ def check_model(recipe, backbone: str) -> None:
             model = AutoModelForTokenClassification.from_config(config)
     except (ValueError, KeyError) as e:
         raise UserError(f"backbone.name: '{recipe.backbone.name}' has no token-classification model: {_first(e)}") from None
+    if recipe.training.gradient_checkpointing:  # the backbone supports it and the method trains with it
+        enable_gradient_checkpointing(model)
     from . import methods
 
     if methods.get(recipe.method.name).saves == "adapter":

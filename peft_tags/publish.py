@@ -44,6 +44,7 @@ def run_metrics(run, results: dict, eval_titles_per_s: float) -> dict:
         "scores": summary,
         "best": st["best"],
         "history": st["history"],
+        "stopped_early": st["stopped_early"],  # {epoch, step, best_epoch} where early stopping ended the run
         "parameters": run.params,
         **run.task.metrics(),
         "train_seconds": round(st["train_seconds"], 2),

@@ -18,7 +18,7 @@ import torch
 from . import checkpoint, methods, owned, preflight, publish
 from .version import __version__
 from .lock import OutputLock
-from .model import (apply_method, build_token_classifier, check_max_length, is_head_param,
+from .model import (apply_method, build_token_classifier, check_max_length, is_checkpointing, is_head_param,
                     parameter_counts, quiet_transformers)
 from .precision import choose_precision
 from .config import Recipe, recipe_to_dict
@@ -26,6 +26,8 @@ from .sampler import LengthBucketBatches, fenced_batches
 from .tasks import make_task
 
 log = logging.getLogger("peft_tags.train")
+#: accelerate trackers that write locally, and the init keyword that says where (under the run's logs/)
+TRACKER_DIR_KEYS = {"wandb": "dir", "dvclive": "dir", "swanlab": "logdir"}
 
 
 # ----------------------------------------------------------------------------- the run
@@ -36,6 +38,8 @@ class TrainRun:
         self.work = preflight.work_dir(self.out)
         self.lock = None
         self.finished = False  # resume found this very run already published
+        self.acc = None  # the Accelerator, made in setup
+        self.saved_env: dict[str, str | None] = {}  # what the trackers' setup changed in os.environ
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -91,7 +95,7 @@ class TrainRun:
         r, t = self.recipe, self.recipe.training
         b = r.backbone
         model = build_token_classifier(backbone, self.task.num_outputs, t.seed, b.quantization, b.double_quantization,
-                                       b.compute_dtype)
+                                       b.compute_dtype, gradient_checkpointing=t.gradient_checkpointing)
         self.task.init_head(model, self.encoded["train"])
         self.method = methods.get(r.method.name)
         lengths = [len(e.input_ids) for e in self.encoded["train"]]
@@ -103,8 +107,9 @@ class TrainRun:
         check_max_length(model, r.backbone.max_length)
         self.params = parameter_counts(model)
         p = self.params
-        log.info("trainable parameters: adapter %s + backbone %s + head %s = %s of %s (%.3f%%)", f"{p['adapter']:,}",
-                 f"{p['backbone']:,}", f"{p['head']:,}", f"{p['trainable']:,}", f"{p['all']:,}", p["trainable_pct"])
+        log.info("trainable parameters: adapter %s + backbone %s + head %s = %s of %s (%.3f%%)%s", f"{p['adapter']:,}",
+                 f"{p['backbone']:,}", f"{p['head']:,}", f"{p['trainable']:,}", f"{p['all']:,}", p["trainable_pct"],
+                 "; gradient checkpointing on" if is_checkpointing(model) else "")
         loader = torch.utils.data.DataLoader(self.encoded["train"], batch_sampler=self.sampler,
                                              collate_fn=lambda b: self.task.collate(b, pad_id))
         optimizer = torch.optim.AdamW(self._param_groups(model), lr=t.lr)
@@ -117,10 +122,45 @@ class TrainRun:
         self.scheduler = get_scheduler(name, self.optimizer.optimizer, num_warmup_steps=int(t.warmup_ratio * self.total_steps),
                                        num_training_steps=self.total_steps)
         if self.acc.is_main_process and self.acc.log_with:
-            self.acc.init_trackers("train", config=_flat_scalars(recipe_to_dict(r)))
+            self._start_trackers()
+        # early_stopping: the dev micro-F1 that last counted as an improvement, and evaluations since
         self.state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best": None, "history": [], "checkpoints": 0,
+                      "early_stopping": {"best": None, "waited": 0}, "stopped_early": None,
                       "train_seconds": 0.0, "train_titles": 0, "run_id": self.run_id,
                       "fingerprint": self.pre.fingerprint}
+
+    def _start_trackers(self) -> None:
+        """Each tracker writes under the work folder's logs/ (published as the run's logs/) where it
+        can be told to; mlflow, unless MLFLOW_TRACKING_URI names a store, into a file store
+        logs/mlruns (which recent mlflow opens only with MLFLOW_ALLOW_FILE_STORE; both are set
+        for this run and put back by :meth:`cleanup`)."""
+        logs = (self.work / "logs").resolve()
+        names = {str(name) for name in self.acc.log_with}
+        kwargs = {name: {key: str(logs / name)} for name, key in TRACKER_DIR_KEYS.items() if name in names}
+        for name in kwargs:
+            (logs / name).mkdir(parents=True, exist_ok=True)
+        if "mlflow" in names:
+            kwargs["mlflow"] = {"run_name": self.out.name}
+            if not os.environ.get("MLFLOW_TRACKING_URI"):
+                self.saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_ALLOW_FILE_STORE")}
+                os.environ["MLFLOW_TRACKING_URI"] = (logs / "mlruns").as_uri()
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        self.acc.init_trackers("train", config=_flat_scalars(recipe_to_dict(self.recipe)), init_kwargs=kwargs)
+
+    def cleanup(self) -> None:
+        """Close the trackers a failed run left open while the environment still names their store
+        (mlflow would end its run at exit, in its default store by then), and put back the
+        environment :meth:`_start_trackers` changed. Safe to call again."""
+        for tracker in self.acc.trackers if self.acc is not None else []:
+            tracker.finish()
+        if self.acc is not None:
+            self.acc.trackers.clear()
+        for key, value in self.saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self.saved_env = {}
 
     def _param_groups(self, model) -> list[dict]:
         t = self.recipe.training
@@ -163,6 +203,8 @@ class TrainRun:
         unwrapped = acc.unwrap_model(self.model)
         regularizer, on_step = self.method.regularizer, self.method.on_step
         for epoch in range(st["epoch"], t.epochs):
+            if st["stopped_early"]:  # a run resumed from the checkpoint written when it stopped
+                break
             loader = acc.skip_first_batches(self.loader, st["batch_in_epoch"]) if st["batch_in_epoch"] else self.loader
             # accelerate's loaders count their own iterations and pass them to the sampler as the
             # epoch; a resumed run must hand over the true epoch, or it replays epoch 0's order
@@ -202,7 +244,7 @@ class TrainRun:
             st["epoch"], st["batch_in_epoch"] = epoch + 1, 0
             if "dev" in self.data and ((epoch + 1) % t.eval_every_epochs == 0 or epoch + 1 == t.epochs):
                 self._evaluate_dev(epoch + 1)
-            if not t.checkpoint_every_steps or epoch + 1 == t.epochs:
+            if not t.checkpoint_every_steps or epoch + 1 == t.epochs or st["stopped_early"]:
                 self._checkpoint()
         bar.close()
 
@@ -218,6 +260,23 @@ class TrainRun:
             st["best"] = {"epoch": epoch, "step": st["step"], "micro_f1": scores["micro_f1"]}
             if self.acc.is_main_process:
                 checkpoint.save_best(self.work, st["step"], self._weights())
+        if self.recipe.training.early_stopping_patience is not None:
+            self._count_patience(epoch, scores["micro_f1"])
+
+    def _count_patience(self, epoch: int, score: float) -> None:
+        """Early stopping: an evaluation counts when it beats the last one that counted by more
+        than min_delta (every process scores all of dev, so all of them decide alike)."""
+        t, st = self.recipe.training, self.state
+        es = st["early_stopping"]
+        if es["best"] is None or score > es["best"] + t.early_stopping_min_delta:
+            es["best"], es["waited"] = score, 0
+            return
+        es["waited"] += 1
+        if es["waited"] >= t.early_stopping_patience and epoch < t.epochs:  # at the last epoch it ends anyway
+            st["stopped_early"] = {"epoch": epoch, "step": st["step"], "best_epoch": st["best"]["epoch"]}
+            log.info("early stopping after epoch %d of %d (step %d): %d evaluation(s) without a dev micro-F1 above "
+                     "%.4f + %g; the weights of epoch %d are kept", epoch, t.epochs, st["step"], es["waited"],
+                     es["best"], t.early_stopping_min_delta, st["best"]["epoch"])
 
     def evaluate(self, split: str, final: bool = False) -> dict:
         """The task's scores on a split; each process predicts a shard, every process scores all
@@ -271,9 +330,13 @@ class TrainRun:
         eval_titles = sum(len(self.data[s]) for s in results)
         if acc.is_main_process:
             metrics = publish.run_metrics(self, results, eval_titles / max(eval_seconds, 1e-9))
+            for tracker in acc.trackers:  # flushed and closed (mlflow: the run finished) before logs/ is copied
+                tracker.finish()
+            acc.trackers.clear()
             publish.publish(self, model, metrics, {split: r.get("report", "") for split, r in results.items()})
         acc.wait_for_everyone()
         acc.end_training()
+        self.cleanup()
         return self.out
 
 def run(recipe: Recipe) -> Path:
@@ -288,6 +351,7 @@ def run(recipe: Recipe) -> Path:
         r.train()
         return r.save()
     finally:
+        r.cleanup()
         if r.lock is not None:
             r.lock.release()
 

@@ -15,7 +15,7 @@ from peft_tags.cli import main as cli_main
 from peft_tags.preflight import latest_checkpoint
 
 EXPECTED_FILES = {".peft-tags.json", "README.md", "adapter_config.json", "adapter_model.safetensors", "head.safetensors", "labels.json",
-                  "recipe.yaml", "metrics.json", "dev_report.txt", "test_report.txt"}
+                  "recipe.yaml", "metrics.json", "dev_report.txt", "test_report.txt", "backbone.json", "hf"}
 
 
 @pytest.fixture(scope="module")

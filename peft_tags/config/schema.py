@@ -9,7 +9,19 @@ from .validate import opt
 
 SCHEDULES = ("linear", "cosine", "constant")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
-LOG_WITH = ("tensorboard", "none")
+
+
+def _trackers() -> tuple:
+    """training.log_with's choices: every tracker accelerate knows by name (its registry, so a newer
+    accelerate brings its new trackers), 'all' (each of them that is installed) and 'none'."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    return (*LOGGER_TYPE_TO_CLASS, "all", "none")
+
+
+LOG_WITH = _trackers  # read when a recipe is checked
+
+
 QUANTIZATION = ("none", "nf4", "fp4", "int8")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -131,8 +143,23 @@ class TrainingSection:
                              "and code)")
     num_threads: int | None = opt(None, "torch CPU threads (>= 1); null -> all cores of this process's share", ge=1)
     length_bucketing: bool = opt(True, "batch examples of similar length together (less padding)")
-    log_with: str | None = opt("tensorboard", "metrics logger: tensorboard, or none (null)",
+    log_with: str | None = opt("tensorboard", "metrics tracker: any accelerate supports, by name (tensorboard, "
+                              "mlflow, wandb, aim, ...: accelerate.tracking.LOGGER_TYPE_TO_CLASS), all (every one "
+                              "installed), or none (null); one name, its package installed. Written under the run's "
+                              "logs/ (mlflow: a file store, logs/mlruns, unless MLFLOW_TRACKING_URI is set)",
                               choices=LOG_WITH, none_word="none")
+    early_stopping_patience: int | None = opt(None, "stop after N dev evaluations in a row (>= 1) that do not beat "
+                                             "the best dev micro-F1 that counted so far by more than "
+                                             "training.early_stopping_min_delta (the first evaluation counts); needs "
+                                             "data.dev; null: off. The weights kept are still those of the highest dev "
+                                             "micro-F1, and the learning-rate schedule stays the one planned for all "
+                                             "training.epochs", ge=1)
+    early_stopping_min_delta: float = opt(0.0, "the dev micro-F1 gain (>= 0) an evaluation needs to reset the "
+                                               "early-stopping patience; it does not affect which weights are kept", ge=0)
+    gradient_checkpointing: bool = opt(False, "recompute the backbone's layer activations in the backward pass instead "
+                                              "of keeping them: less memory for about a third more compute; with any "
+                                              "method whose gradients pass through the backbone (not prefix tuning), "
+                                              "on a quantised backbone too")
 
     @property
     def effective_head_lr(self) -> float:
