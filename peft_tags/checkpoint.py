@@ -1,12 +1,17 @@
 """A run's resume state in ``<output.dir>.work``: numbered checkpoints and the best-on-dev weights.
 
-A checkpoint holds the trainable weights with the method's own state, the optimizer, schedule
-and loss scale, every process's random generators and the loop state (``state.json``), all as
-safetensors and JSON (:mod:`.statefile`, never pickle). Each process writes into
-``checkpoint-N.tmp``; the main one publishes it as ``checkpoint-N`` in one fsynced rename and
-then prunes what is older, so a kill at any moment leaves a complete checkpoint to resume from
-(:func:`peft_tags.preflight.latest_checkpoint`). The best weights live in ``best-<step>``,
-published the same way; the loop state names the one it means.
+A checkpoint is what ``accelerator.save_state`` writes (so DeepSpeed and FSDP save their own
+shards through it): the model's weights, kept to the trainable ones by a save hook (the frozen
+backbone is the backbone's, not the run's), the optimizer, the schedule (registered for
+checkpointing), the loss scale and every process's random generators. Beside them peft-tags
+writes the method's own state (AdaLoRA: scores and rank pattern), the random generators once
+more in its own safetensors/JSON form (:mod:`.statefile`; accelerate's own loader forgives a
+missing file, and a resume that is not bit-exact must not pass for one) and the loop state
+(``state.json``). Each process writes into ``checkpoint-N.tmp``; the main one publishes it as
+``checkpoint-N`` in one fsynced rename and then prunes what is older, so a kill at any moment
+leaves a complete checkpoint to resume from (:func:`peft_tags.preflight.latest_checkpoint`).
+The best weights live in ``best-<step>``, published the same way; the loop state names the one
+it means.
 """
 from __future__ import annotations
 
@@ -50,9 +55,20 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def write(acc, work: Path, state: dict, weights, optimizer, scheduler) -> None:
-    """Write checkpoint number ``state['checkpoints'] + 1`` (every process calls this; ``weights``
-    is a function, called on the main process only)."""
+def keep_trainable_weights(acc) -> None:
+    """Have ``acc.save_state`` write only the weights that train (a hook on the state dicts it
+    is about to save); the frozen rest comes from the backbone when the run is rebuilt."""
+    def hook(models, weights, output_dir):
+        for i, model in enumerate(models[: len(weights)]):
+            keep = {n for n, p in model.named_parameters() if p.requires_grad}
+            weights[i] = {k: v for k, v in weights[i].items() if k in keep}
+
+    acc.register_save_state_pre_hook(hook)
+
+
+def write(acc, work: Path, state: dict, method_state) -> None:
+    """Write checkpoint number ``state['checkpoints'] + 1`` (every process calls this;
+    ``method_state`` is a function, called on the main process only)."""
     state["checkpoints"] += 1
     tmp, final = work / f"checkpoint-{state['checkpoints']}.tmp", work / f"checkpoint-{state['checkpoints']}"
     acc.wait_for_everyone()
@@ -60,12 +76,12 @@ def write(acc, work: Path, state: dict, weights, optimizer, scheduler) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     acc.wait_for_everyone()
+    with _quiet_accelerate():
+        acc.save_state(str(tmp))  # weights (trainable), optimizer, schedule, scaler, random states
     save_state(rng_state(), tmp / f"rng{acc.process_index}")  # dropout differs per rank
     acc.wait_for_everyone()
     if acc.is_main_process:
-        save_state(weights(), tmp / "trainable")
-        save_state({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": acc.scaler.state_dict() if acc.scaler is not None else None}, tmp / "optim")
+        save_state({"method": method_state()}, tmp / "method")
         owned.write_json_atomic(tmp / "state.json", state)
         owned.fsync_dir(tmp)
         if final.exists():  # left by an attempt killed after this point; same content
@@ -74,6 +90,20 @@ def write(acc, work: Path, state: dict, weights, optimizer, scheduler) -> None:
         owned.fsync_dir(work)
         _prune(work, state, keep=final.name)
     acc.wait_for_everyone()
+
+
+class _quiet_accelerate:
+    """accelerate logs every file it saves or loads at INFO; the run's log says 'checkpoint' once."""
+
+    def __enter__(self):
+        import logging
+
+        self.logger = logging.getLogger("accelerate")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.WARNING)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
 
 
 def _prune(work: Path, state: dict, keep: str) -> None:
@@ -103,22 +133,30 @@ def load_best(work: Path, step: int) -> dict:
     return load_state(work / f"best-{step}" / "weights", "best weights")
 
 
-def restore(ckpt: Path, model, load_weights, optimizer, scheduler, scaler, rank: int) -> dict:
-    """Load checkpoint ``ckpt`` into the model (through ``load_weights``), optimizer, schedule and
-    loss scale, and this process's random generators; return the loop state. One UserError line
-    for a checkpoint that does not fit or does not load."""
-    weights = load_state(ckpt / "trainable", "training.resume")
-    params = weights.get("params") if isinstance(weights, dict) else None
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in (params or {})]
-    if missing:
-        raise UserError(f"training.resume: checkpoint in '{ckpt}' does not match this recipe (no '{missing[0]}')")
+def restore(ckpt: Path, acc, load_method_state) -> dict:
+    """Load checkpoint ``ckpt`` through ``acc.load_state`` (weights, optimizer, schedule, loss
+    scale, random states), the method's state (through ``load_method_state``) and this process's
+    random generators; return the loop state. One UserError line for a checkpoint that does not
+    fit or does not load."""
+    from safetensors import safe_open
+
+    rank = acc.process_index
+    weights = ckpt / "model.safetensors"
+    if weights.is_file():  # what save_state wrote for a model it saves itself (not DeepSpeed's or FSDP's)
+        try:
+            with safe_open(str(weights), "pt") as f:
+                saved = set(f.keys())
+        except (OSError, ValueError, RuntimeError) as e:
+            raise UserError(f"training.resume: the checkpoint '{ckpt}' does not load: {e}") from None
+        missing = [n for n, p in acc._models[0].named_parameters() if p.requires_grad and n not in saved]
+        if missing:
+            raise UserError(f"training.resume: checkpoint in '{ckpt}' does not match this recipe (no '{missing[0]}')")
     try:
-        load_weights(weights)
-        optim = load_state(ckpt / "optim", "training.resume")
-        optimizer.load_state_dict(optim["optimizer"])
-        scheduler.load_state_dict(optim["scheduler"])
-        if optim.get("scaler") is not None and scaler is not None:
-            scaler.load_state_dict(optim["scaler"])
+        with _quiet_accelerate():
+            acc.load_state(str(ckpt), strict=False)  # only the trainable weights are there
+        method = load_state(ckpt / "method", "training.resume")
+        if method.get("method") is not None:
+            load_method_state(method["method"])
         state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
     except UserError:
         raise

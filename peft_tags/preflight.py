@@ -135,9 +135,31 @@ def _check_resume(recipe, out: Path, pre: Preflight) -> None:
                         "resume with the same recipe, data and code, or start afresh")
     from .statefile import check_state
 
-    for name in ("trainable", "optim", f"rng{os.environ.get('RANK', '0')}"):
+    for name in ("method", f"rng{os.environ.get('RANK', '0')}"):
         check_state(ckpt / name, "training.resume")
+    _check_accelerate_state(ckpt)
     pre.checkpoint = ckpt
+
+
+def _check_accelerate_state(ckpt: Path) -> None:
+    """The files accelerator.save_state wrote: readable, and loadable without running code
+    (weights-only loading, as accelerate loads them)."""
+    from accelerate.utils import load
+    from safetensors import safe_open
+
+    if not any(ckpt.glob("optimizer*.bin")) and not any(p.is_dir() for p in ckpt.iterdir()):
+        raise UserError(f"training.resume: '{ckpt}' holds no optimizer state; start afresh (without resume)")
+    for path in sorted(ckpt.iterdir()):
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), "pt"):
+                    pass
+            elif path.suffix in (".bin", ".pkl", ".pt"):
+                load(path, map_location="cpu")
+        except Exception as e:  # noqa: BLE001  (any way a damaged file fails to load: one line)
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"training.resume: '{path}' does not load ({text[:200]}); start afresh "
+                            "(without resume)") from None
 
 
 def _what_changed(key: str) -> str:

@@ -121,6 +121,8 @@ class TrainRun:
         name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[t.schedule]
         self.scheduler = get_scheduler(name, self.optimizer.optimizer, num_warmup_steps=int(t.warmup_ratio * self.total_steps),
                                        num_training_steps=self.total_steps)
+        self.acc.register_for_checkpointing(self.scheduler)  # save_state / load_state carry it
+        checkpoint.keep_trainable_weights(self.acc)
         if self.acc.is_main_process and self.acc.log_with:
             self._start_trackers()
         # early_stopping: the dev micro-F1 that last counted as an improvement, and evaluations since
@@ -306,13 +308,18 @@ class TrainRun:
         if self.method.load_state and weights.get("method") is not None:
             self.method.load_state(model, weights["method"])
 
+    def _method_state(self):
+        return self.method.state(self.acc.unwrap_model(self.model)) if self.method.state else None
+
+    def _load_method_state(self, state) -> None:
+        if self.method.load_state:
+            self.method.load_state(self.acc.unwrap_model(self.model), state)
+
     def _checkpoint(self) -> None:
-        checkpoint.write(self.acc, self.work, self.state, self._weights, self.optimizer.optimizer, self.scheduler)
+        checkpoint.write(self.acc, self.work, self.state, self._method_state)
 
     def _restore(self) -> None:
-        acc = self.acc
-        self.state = checkpoint.restore(self.pre.checkpoint, acc.unwrap_model(self.model), self._load_weights,
-                                        self.optimizer.optimizer, self.scheduler, acc.scaler, acc.process_index)
+        self.state = checkpoint.restore(self.pre.checkpoint, self.acc, self._load_method_state)
         log.info("resumed from %s: epoch %d, batch %d, step %d", self.pre.checkpoint, self.state["epoch"],
                  self.state["batch_in_epoch"], self.state["step"])
 

@@ -151,16 +151,28 @@ def crashed(tmp_path, tiny_backbone, toy_data) -> Path:
     return recipe
 
 
-def test_resume_state_holds_no_pickle_and_a_damaged_file_is_one_line(crashed, capsys):
+def test_resume_state_loads_without_running_code_and_a_damaged_file_is_one_line(crashed, capsys):
+    """A checkpoint is accelerator.save_state's files (the model's trainable weights as
+    safetensors; optimizer, schedule and random states as torch files that load weights-only,
+    so nothing in them can run code) and peft-tags' own safetensors/JSON."""
+    from accelerate.utils import load
+    from safetensors import safe_open
+
     ckpt = latest_checkpoint(crashed.parent / "out.work")
     assert ckpt.name == "checkpoint-2"
-    assert {p.suffix for p in ckpt.iterdir()} == {".json", ".safetensors"}, sorted(ckpt.iterdir())
-    (ckpt / "optim.json").write_text('{"format": "peft-tags-state/1", "tree": {"__dict__": [["optimizer", {"__tensor__": "t9999"}]]}}')
+    assert {p.suffix for p in ckpt.iterdir()} <= {".json", ".safetensors", ".bin", ".pkl"}, sorted(ckpt.iterdir())
+    for path in ckpt.iterdir():
+        if path.suffix in (".bin", ".pkl"):
+            load(path, weights_only=True)  # torch's weights-only unpickler (numpy's RNG state allowed): data only
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+        saved = set(f.keys())
+    assert saved and all("lora_" in k or "classifier" in k for k in saved)  # trainable weights only, no backbone
+    (ckpt / "optimizer.bin").write_bytes(b"\x80\x04not a pickle")
     assert cli_main(["train", str(crashed), "training.resume=true"]) == 2
-    one_line(capsys.readouterr().err, "training.resume", "optim")
-    (ckpt / "trainable.safetensors").write_bytes(b"\x00" * 7)
+    one_line(capsys.readouterr().err, "training.resume", "optimizer.bin")
+    (ckpt / "model.safetensors").write_bytes(b"\x00" * 7)
     assert cli_main(["train", str(crashed), "training.resume=true"]) == 2
-    one_line(capsys.readouterr().err, "training.resume", "trainable")
+    one_line(capsys.readouterr().err, "training.resume", "model.safetensors")
 
 
 def test_resume_refuses_changed_data_or_code_and_says_which(crashed, toy_data, capsys, monkeypatch):

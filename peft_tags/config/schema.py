@@ -134,7 +134,8 @@ class TrainingSection:
     max_grad_norm: float | None = opt(1.0, "clip gradients to this norm (> 0); null: no clipping", gt=0)
     seed: int = opt(42, "random seed (data order, dropout, head init)")
     mixed_precision: str = opt("auto", "mixed precision: " + ", ".join(MIXED_PRECISION)
-                              + " (auto: bf16 where supported, else no)", choices=MIXED_PRECISION,
+                              + " (auto: accelerate launch's --mixed_precision or config where it set one, else bf16 "
+                                "where the hardware has it, else no)", choices=MIXED_PRECISION,
                               bool_word={False: "no"})
     eval_every_epochs: int = opt(1, "score the dev set every N epochs (>= 1)", ge=1)
     checkpoint_every_steps: int | None = opt(None, "write a checkpoint every N updates (>= 1); "
