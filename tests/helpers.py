@@ -147,3 +147,26 @@ def drop_log_handlers() -> None:
     root = logging.getLogger()
     for handler in root.handlers[:]:
         root.removeHandler(handler)
+
+
+# ============================================================================= recipe files
+def write_dedented(path: Path, text: str) -> Path:
+    """``text`` (dedented) into ``path``, its folder made; returns ``path``."""
+    import textwrap
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def recipe_problems(path, overrides=()) -> list[str]:
+    """The problem lines of a recipe that does not load (its message is exactly those lines)."""
+    import pytest
+
+    from peft_tags.config.validate import RecipeError
+    from peft_tags.recipe import load_recipe
+
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, overrides)
+    assert str(info.value).splitlines() == info.value.problems
+    return info.value.problems

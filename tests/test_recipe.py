@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 
+from helpers import recipe_problems, write_dedented
 from peft_tags import recipe as recipe_mod
 from peft_tags.config import discovery
 from peft_tags.errors import UserError
@@ -36,17 +37,11 @@ output:
 
 
 def write(tmp_path, text, name="r.yaml"):
-    path = tmp_path / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
+    return write_dedented(tmp_path / name, text)
 
 
 def problems_of(path, overrides=()):
-    with pytest.raises(RecipeError) as info:
-        load_recipe(path, overrides)
-    lines = str(info.value).splitlines()
-    assert lines == info.value.problems
+    lines = recipe_problems(path, overrides)
     assert all(line.startswith(f"{path}: ") for line in lines), lines
     return lines
 

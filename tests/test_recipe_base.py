@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-import textwrap
 
 import pytest
 
@@ -10,6 +9,7 @@ from conftest import REPO
 from peft_tags.config import (ERROR_MARK, RecipeError, TrainingSection, dump_recipe, list_recipes, load_recipe,
                               recipe_mapping, recipe_to_dict)
 from peft_tags.config.yamlio import MAX_BYTES
+from helpers import recipe_problems, write_dedented
 
 BASE = """\
 backbone:
@@ -33,17 +33,10 @@ output:
 
 
 def write(tmp_path, name, text):
-    path = tmp_path / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
+    return write_dedented(tmp_path / name, text)
 
 
-def problems_of(path, overrides=()):
-    with pytest.raises(RecipeError) as info:
-        load_recipe(path, overrides)
-    assert str(info.value).splitlines() == info.value.problems
-    return info.value.problems
+problems_of = recipe_problems
 
 
 # ----------------------------------------------------------------------------- merging
