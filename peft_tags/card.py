@@ -16,7 +16,8 @@ def metadata(recipe: Recipe, m: dict) -> dict:
     task = tasks.get(recipe.task.type)
     name = recipe.backbone.name
     base = ALIASES[name].hub_id if name in ALIASES else (name if _hub_id(name) else "")
-    data = PurePosixPath(str(recipe.data.train)).parent.name or str(recipe.data.train)
+    data = (getattr(recipe.data, "hub", None) or PurePosixPath(str(recipe.data.train)).parent.name
+            or str(recipe.data.train))
     meta: dict = {}
     if base:
         meta["base_model"] = base
@@ -109,17 +110,19 @@ def _stock_use(recipe: Recipe, meta: dict) -> list[str]:
         "with the head's label names and the tokenizer:",
         "",
         "```python",
-        "from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer, pipeline",
-        "run = '<this directory>'",
-        "model = AutoModelForTokenClassification.from_pretrained(run, config=AutoConfig.from_pretrained(run + '/hf'))",
-        "tagger = pipeline('token-classification', model=model, tokenizer=run + '/hf')",
-        "# or: peft.AutoPeftModelForTokenClassification.from_pretrained(run, num_labels="
-        f"{n})",
+        *(["from transformers import AutoConfig, AutoModelForTokenClassification, pipeline",
+           "run = '<this directory>'",
+           "model = AutoModelForTokenClassification.from_pretrained(run, config=AutoConfig.from_pretrained(run + '/hf'))",
+           "tagger = pipeline('token-classification', model=model, tokenizer=run + '/hf')",
+           f"# or: peft.AutoPeftModelForTokenClassification.from_pretrained(run, num_labels={n})"]
+          if not method.merge_refusal else  # adds computation: only peft builds it (transformers' integration does not)
+          ["from peft import AutoPeftModelForTokenClassification",
+           f"model = AutoPeftModelForTokenClassification.from_pretrained('<this directory>', num_labels={n})"]),
         "```",
         "",
         "The head's outputs are per token; peft-tags turns them into tags (" + tasks.get(recipe.task.type).help + ").",
     ]
-    if tasks.get(recipe.task.type).hf_problem_type:
+    if tasks.get(recipe.task.type).hf_problem_type and not method.merge_refusal:
         lines.append("`peft-tags export <this directory> <dest>` writes it as a `*ForSequenceClassification` "
                      "(`problem_type` " + tasks.get(recipe.task.type).hf_problem_type + ", the tuned thresholds in "
                      "its config) that `AutoModelForSequenceClassification.from_pretrained(dest + '/model', "

@@ -2,9 +2,9 @@
 
 A checkpoint is what ``accelerator.save_state`` writes (so DeepSpeed and FSDP save their own
 shards through it): the model's weights, kept to the trainable ones by a save hook (the frozen
-backbone is the backbone's, not the run's), the optimizer, the schedule (registered for
-checkpointing), the loss scale and every process's random generators. Beside them peft-tags
-writes the method's own state (AdaLoRA: scores and rank pattern), the random generators once
+backbone is the backbone's, not the run's), the optimizer, the loss scale and every process's
+random generators; all of it loads weights-only (data, never code). Beside them peft-tags writes
+``run_state``: the schedule and the method's own state (AdaLoRA: scores and rank pattern); the random generators once
 more in its own safetensors/JSON form (:mod:`.statefile`; accelerate's own loader forgives a
 missing file, and a resume that is not bit-exact must not pass for one) and the loop state
 (``state.json``). Each process writes into ``checkpoint-N.tmp``; the main one publishes it as
@@ -28,6 +28,10 @@ from . import owned
 from .errors import UserError
 from .preflight import CHECKPOINT
 from .statefile import load_state, save_state
+
+#: peft-tags' own part of a checkpoint (safetensors + JSON): the method's state and the schedule.
+#: (Accelerate would keep a registered schedule as a pickle that it loads with full unpickling.)
+RUN_STATE = "run_state"
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -66,7 +70,7 @@ def keep_trainable_weights(acc) -> None:
     acc.register_save_state_pre_hook(hook)
 
 
-def write(acc, work: Path, state: dict, method_state) -> None:
+def write(acc, work: Path, state: dict, method_state, scheduler) -> None:
     """Write checkpoint number ``state['checkpoints'] + 1`` (every process calls this;
     ``method_state`` is a function, called on the main process only)."""
     state["checkpoints"] += 1
@@ -77,11 +81,11 @@ def write(acc, work: Path, state: dict, method_state) -> None:
         tmp.mkdir()
     acc.wait_for_everyone()
     with _quiet_accelerate():
-        acc.save_state(str(tmp))  # weights (trainable), optimizer, schedule, scaler, random states
+        acc.save_state(str(tmp))  # weights (trainable), optimizer, scaler, random states
     save_state(rng_state(), tmp / f"rng{acc.process_index}")  # dropout differs per rank
     acc.wait_for_everyone()
     if acc.is_main_process:
-        save_state({"method": method_state()}, tmp / "method")
+        save_state({"method": method_state(), "scheduler": scheduler.state_dict()}, tmp / RUN_STATE)
         owned.write_json_atomic(tmp / "state.json", state)
         owned.fsync_dir(tmp)
         if final.exists():  # left by an attempt killed after this point; same content
@@ -133,7 +137,7 @@ def load_best(work: Path, step: int) -> dict:
     return load_state(work / f"best-{step}" / "weights", "best weights")
 
 
-def restore(ckpt: Path, acc, load_method_state) -> dict:
+def restore(ckpt: Path, acc, load_method_state, scheduler) -> dict:
     """Load checkpoint ``ckpt`` through ``acc.load_state`` (weights, optimizer, schedule, loss
     scale, random states), the method's state (through ``load_method_state``) and this process's
     random generators; return the loop state. One UserError line for a checkpoint that does not
@@ -154,9 +158,10 @@ def restore(ckpt: Path, acc, load_method_state) -> dict:
     try:
         with _quiet_accelerate():
             acc.load_state(str(ckpt), strict=False)  # only the trainable weights are there
-        method = load_state(ckpt / "method", "training.resume")
-        if method.get("method") is not None:
-            load_method_state(method["method"])
+        own = load_state(ckpt / RUN_STATE, "training.resume")
+        scheduler.load_state_dict(own["scheduler"])
+        if own.get("method") is not None:
+            load_method_state(own["method"])
         state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
     except UserError:
         raise

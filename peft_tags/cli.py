@@ -52,7 +52,11 @@ def _join_launched_processes() -> None:
     # asked for several processes (or machines); a rank without a world size is then alone
     if "ACCELERATE_DYNAMO_BACKEND" in env and "MASTER_ADDR" in env and not any(v in env for v in _WORLD_SIZE_VARS):
         raise UserError("accelerate launch started one process where several were asked for (it starts --cpu and "
-                        f"MULTI_CPU ranks only through mpirun): use {_MULTI_PROCESS_COMMANDS}")
+                        f"MULTI_CPU ranks only through mpirun): use {_MULTI_PROCESS_COMMANDS} (for one process, "
+                        "unset MASTER_ADDR)")
+    if "RANK" not in env and any(v in env for v in _WORLD_SIZE_VARS[1:]):  # each rank would act as the main one
+        raise UserError(f"mpirun: peft-tags takes each process's number from RANK, which mpirun does not set; use "
+                        f"{_MULTI_PROCESS_COMMANDS}")
     if int(env.get("WORLD_SIZE", "1") or 1) > 1 and not _has_accelerator():
         env["ACCELERATE_USE_CPU"] = "true"
 

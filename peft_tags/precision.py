@@ -45,6 +45,9 @@ def launcher_precision() -> str | None:
     if value not in ACCELERATE_CHOICES:
         raise UserError(f"{LAUNCHER}={value!r} is not a mixed precision accelerate knows: use one of "
                         f"{', '.join(ACCELERATE_CHOICES)}, or unset it")
+    if value == "fp8":  # needs Transformer Engine or MS-AMP, and recipes that say so
+        raise UserError(f"{LAUNCHER}=fp8: peft-tags trains in no, fp16 or bf16 (training.mixed_precision); "
+                        "launch with another --mixed_precision")
     return value
 
 

@@ -135,7 +135,7 @@ def _check_resume(recipe, out: Path, pre: Preflight) -> None:
                         "resume with the same recipe, data and code, or start afresh")
     from .statefile import check_state
 
-    for name in ("method", f"rng{os.environ.get('RANK', '0')}"):
+    for name in ("run_state", f"rng{os.environ.get('RANK', '0')}"):
         check_state(ckpt / name, "training.resume")
     _check_accelerate_state(ckpt)
     pre.checkpoint = ckpt
@@ -222,9 +222,13 @@ def check_model(recipe, backbone: str) -> None:
             model = AutoModelForTokenClassification.from_config(config)
     except (ValueError, KeyError) as e:
         raise UserError(f"backbone.name: '{recipe.backbone.name}' has no token-classification model: {_first(e)}") from None
+    from . import methods
+
+    if recipe.training.gradient_checkpointing and methods.get(recipe.method.name).saves == "head":
+        raise UserError(f"training.gradient_checkpointing: method '{recipe.method.name}' trains nothing inside the "
+                        "backbone, so checkpointing would only add a backward pass through it; set it to false")
     if recipe.training.gradient_checkpointing:  # the backbone supports it and the method trains with it
         enable_gradient_checkpointing(model)
-    from . import methods
 
     if methods.get(recipe.method.name).saves == "adapter":
         try:

@@ -96,13 +96,15 @@ def publish(run, model, metrics: dict, reports: dict[str, str]) -> None:
     owned.remove_owned(run.work)
     log.info("wrote %s: test micro-F1 %s, %s titles/s in training", run.out,
              metrics.get("test_micro_f1"), metrics["train_titles_per_s"])
-    repo = run.recipe.output.push_to_hub
-    if repo:
-        try:
-            log.info("pushed %s to %s", run.out, hub.push(run.out, repo, run.recipe.output.hub_private,
-                                                       key="output.push_to_hub"))
-        except UserError as e:  # the run is kept: say how to push it again
-            raise UserError(f"{e}; the run is in {run.out}: push it with  peft-tags push {run.out} {repo}") from None
+
+
+def push(out: Path, output) -> None:
+    """``output.push_to_hub``: upload the published run (main process, after the other processes
+    are done: an upload can take longer than they would wait at a barrier)."""
+    try:
+        log.info("pushed %s to %s", out, hub.push(out, output.push_to_hub, output.hub_private, key="output.push_to_hub"))
+    except UserError as e:  # the run is kept: say how to push it again
+        raise UserError(f"{e}; the run is in {out}: push it with  peft-tags push {out} {output.push_to_hub}") from None
 
 
 def versions() -> dict:

@@ -121,7 +121,6 @@ class TrainRun:
         name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[t.schedule]
         self.scheduler = get_scheduler(name, self.optimizer.optimizer, num_warmup_steps=int(t.warmup_ratio * self.total_steps),
                                        num_training_steps=self.total_steps)
-        self.acc.register_for_checkpointing(self.scheduler)  # save_state / load_state carry it
         checkpoint.keep_trainable_weights(self.acc)
         if self.acc.is_main_process and self.acc.log_with:
             self._start_trackers()
@@ -316,10 +315,10 @@ class TrainRun:
             self.method.load_state(self.acc.unwrap_model(self.model), state)
 
     def _checkpoint(self) -> None:
-        checkpoint.write(self.acc, self.work, self.state, self._method_state)
+        checkpoint.write(self.acc, self.work, self.state, self._method_state, self.scheduler)
 
     def _restore(self) -> None:
-        self.state = checkpoint.restore(self.pre.checkpoint, self.acc, self._load_method_state)
+        self.state = checkpoint.restore(self.pre.checkpoint, self.acc, self._load_method_state, self.scheduler)
         log.info("resumed from %s: epoch %d, batch %d, step %d", self.pre.checkpoint, self.state["epoch"],
                  self.state["batch_in_epoch"], self.state["step"])
 
@@ -344,6 +343,8 @@ class TrainRun:
         acc.wait_for_everyone()
         acc.end_training()
         self.cleanup()
+        if acc.is_main_process and self.recipe.output.push_to_hub:
+            publish.push(self.out, self.recipe.output)
         return self.out
 
 def run(recipe: Recipe) -> Path:

@@ -95,3 +95,9 @@ def test_a_method_that_cannot_checkpoint_is_refused_before_training(tmp_path, ti
               "training.gradient_checkpointing", "method 'prefix'", "set training.gradient_checkpointing: false")
     cli_fails(["train", recipe, "training.gradient_checkpointing=true"], capsys, "training.gradient_checkpointing")
     assert snapshot(tmp_path) == before
+
+
+def test_checkpointing_a_backbone_nothing_trains_in_is_refused(tmp_path, tiny_backbone, toy_data, capsys):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_backbone, toy_data, tmp_path / "out", method="head-only", epochs=1)
+    cli_fails(["validate", recipe, "--set", "training.gradient_checkpointing=true"], capsys,
+              "training.gradient_checkpointing", "method 'head-only' trains nothing inside the backbone")

@@ -147,3 +147,19 @@ def test_processes_without_gpus_join_on_the_cpu(env, use_cpu, monkeypatch):
     monkeypatch.setattr(cli, "_has_accelerator", lambda: False)
     cli._join_launched_processes()
     assert os.environ["ACCELERATE_USE_CPU"] == use_cpu
+
+
+def test_fp8_from_the_launcher_is_one_line(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp8")
+    with pytest.raises(UserError, match="ACCELERATE_MIXED_PRECISION=fp8: peft-tags trains in no, fp16 or bf16"):
+        cli._join_launched_processes()
+
+
+@pytest.mark.parametrize("name", ["PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"])
+def test_an_mpirun_launch_without_rank_is_refused(name, monkeypatch):
+    """mpirun sets no RANK, so every process would take itself for the main one (lock, work folder)."""
+    for var in ("WORLD_SIZE", "RANK", "ACCELERATE_DYNAMO_BACKEND", "MASTER_ADDR", "ACCELERATE_MIXED_PRECISION"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv(name, "2")
+    with pytest.raises(UserError, match="mpirun: peft-tags takes each process's number from RANK"):
+        cli._join_launched_processes()

@@ -175,6 +175,30 @@ def test_resume_state_loads_without_running_code_and_a_damaged_file_is_one_line(
     one_line(capsys.readouterr().err, "training.resume", "model.safetensors")
 
 
+class _Planted:
+    """A pickle that would create a file when unpickled with full unpickling."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_checkpoint_with_planted_code_is_refused_and_the_code_never_runs(crashed, tmp_path, capsys):
+    import pickle
+
+    ckpt = latest_checkpoint(crashed.parent / "out.work")
+    planted = tmp_path / "planted"
+    for victim in sorted(p for p in ckpt.iterdir() if p.suffix in (".bin", ".pkl")):
+        original = victim.read_bytes()
+        victim.write_bytes(pickle.dumps(_Planted(planted)))
+        assert cli_main(["train", str(crashed), "training.resume=true"]) == 2
+        one_line(capsys.readouterr().err, "training.resume", victim.name)
+        assert not planted.exists(), f"unpickling {victim.name} ran code"
+        victim.write_bytes(original)
+
+
 def test_resume_refuses_changed_data_or_code_and_says_which(crashed, toy_data, capsys, monkeypatch):
     dev = toy_data / "toy" / "dev.txt"
     original = dev.read_bytes()

@@ -71,8 +71,8 @@ class DataSection:
     test: str | None = opt(None, "test file (final scores), relative to data.root; with data.hub: a split name; "
                                  "null: none")
     columns: dict[str, str] | None = opt(None, "hf-spans / hf-tags: our name -> the source's column, e.g. "
-                                               "{text: title, tags: labels}; null: columns named text, spans (or "
-                                               "bio), tags")
+                                               "{text: title, tags: labels}; null: columns named text and spans "
+                                               "(hf-spans) or tags (hf-tags); BIO per character: map bio")
     hub: str | None = opt(None, "hf-spans / hf-tags: a Hugging Face hub dataset (owner/name) to read instead of "
                                 "files; data.train, dev and test are then its split names; null: files")
     hub_config: str | None = opt(None, "the hub dataset's configuration (subset); null: its default")
