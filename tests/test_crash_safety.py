@@ -16,6 +16,8 @@ import random
 import shutil
 from pathlib import Path
 
+import pytest
+
 from conftest import write_recipe
 from helpers import train_in_subprocess
 
@@ -69,7 +71,10 @@ def _choose(events, rng: random.Random) -> list[tuple[str, int]]:
     ], key=lambda p: p[1])
 
 
-def test_kill_at_six_random_points_then_resume_is_bit_identical(tmp_path, tiny_backbone, toy_data, capsys):
+@pytest.mark.parametrize("moments", [3, pytest.param(6, marks=pytest.mark.slow)])
+def test_kill_at_random_points_then_resume_is_bit_identical(moments, tmp_path, tiny_backbone, toy_data, capsys):
+    """Kill at one event of each dangerous moment (the default run: three of the six moments,
+    chosen with the seed, so that runs cover all of them over time; ``-m slow``: all six)."""
     seed = int(os.environ.get("KILL_SEED", random.SystemRandom().randrange(10**6)))
     rng = random.Random(seed)
     with capsys.disabled():
@@ -88,7 +93,7 @@ def test_kill_at_six_random_points_then_resume_is_bit_identical(tmp_path, tiny_b
     assert done.returncode == 0, done.stderr[-3000:]
     reference = _result(ref.parent / "out")
     events = _events(tmp_path / "events.tsv")
-    points = _choose(events, rng)
+    points = sorted(rng.sample(_choose(events, rng), moments), key=lambda p: p[1])
     with capsys.disabled():
         print("kill points (event of %d): %s" % (len(events), "; ".join(f"{n} {label}" for label, n in points)))
 

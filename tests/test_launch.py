@@ -76,7 +76,7 @@ def test_torchrun_starts_two_processes_on_cpus(tmp_path, tiny_backbone, toy_data
 
 
 # ----------------------------------------------------------------------------- one process for several
-@pytest.mark.parametrize("how", ["--cpu", "default config MULTI_CPU"])
+@pytest.mark.parametrize("how", ["--cpu", pytest.param("default config MULTI_CPU", marks=pytest.mark.slow)])
 def test_a_launch_that_starts_one_process_for_two_is_one_line(how, tmp_path, tiny_backbone, toy_data):
     if how == "--cpu":
         launcher = [*ACCELERATE, "-q", "--cpu", "--num_processes", "2"]

@@ -360,7 +360,8 @@ LAUNCHERS = {  # two processes on CPUs, with a free port each time
 }
 
 
-@pytest.mark.parametrize("launcher", LAUNCHERS)
+@pytest.mark.parametrize("launcher", [pytest.param(name, marks=[pytest.mark.slow] if name == "torchrun" else [])
+                                      for name in LAUNCHERS])  # torchrun trains under test_launch.py by default
 def test_two_processes_under_a_launcher_write_what_one_writes(launcher, run, tmp_path):
     inp = _write(tmp_path / "in.jsonl", _rows(_titles(25, seed=11)))
     assert run_cli(["predict", run, "--input", inp, "--output", tmp_path / "one.jsonl", "--chunk-size", "3"]) == 0

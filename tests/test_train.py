@@ -153,7 +153,7 @@ def test_resume_without_a_checkpoint_starts_from_the_beginning(tmp_path, tiny_ba
     assert (tmp_path / "out" / "metrics.json").is_file()
 
 
-@pytest.mark.parametrize("method", ["lora", "adalora"])
+@pytest.mark.parametrize("method", ["lora", pytest.param("adalora", marks=pytest.mark.slow)])  # default run: lora
 def test_two_processes_with_ddp_over_gloo(method, tmp_path, tiny_backbone, toy_data):
     # 160 titles in batches of 7: 22 full batches and a short one, which must not be lost;
     # AdaLoRA also accumulates 2 batches per update, so its allocator sees 6 steps per epoch
