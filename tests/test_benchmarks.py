@@ -40,6 +40,7 @@ def _harness(*args, env_data: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # 2.7 min: seven cells trained in subprocesses; test_an_interrupted_cell_resumes stays in the default run
 def test_grid_end_to_end_resume_and_report(tmp_path, tiny_backbone, toy_data):
     lora = write_recipe(tmp_path / "lora.yaml", tiny_backbone, toy_data, tmp_path / "unused", epochs=3)
     head = write_recipe(tmp_path / "head.yaml", tiny_backbone, toy_data, tmp_path / "unused", method="head-only", epochs=3)
