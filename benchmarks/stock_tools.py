@@ -36,7 +36,7 @@ from .provenance import REPO, provenance
 
 def local_hub_copy(runs: list[Path], cache: Path) -> None:
     """A Hugging Face cache holding each run's backbone (by its id) as the weights it was trained on."""
-    from peft_tags.hub import sha256
+    from peft_tags.backbones import sha256
 
     for run in runs:
         record = json.loads((run / "backbone.json").read_text(encoding="utf-8"))

@@ -49,13 +49,18 @@ def _package_dir(module: str, pip: str) -> str:
     return spec.submodule_search_locations[0]
 
 
-def file_hash(path: Path) -> str:
-    """The first 16 hex digits of the file's sha256 (conversion cache keys, resume fingerprints)."""
+def sha256(path: Path) -> str:
+    """The file's sha256, in hex."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
-    return h.hexdigest()[:16]
+    return h.hexdigest()
+
+
+def file_hash(path: Path) -> str:
+    """The first 16 hex digits of the file's sha256 (conversion cache keys, resume fingerprints)."""
+    return sha256(path)[:16]
 
 
 # --------------------------------------------------------------------------- me5-small

