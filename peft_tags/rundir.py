@@ -96,7 +96,9 @@ def read_json(path: Path, kind: type = dict):
     """The JSON value of ``path`` (an object by default), or one UserError line naming file and line."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as e:
+        if e.reason == "unexpected end of data":  # cut inside a character: a JSON text cut short
+            raise UserError(f"{path}: invalid JSON (the file ends inside a character; it was cut short)") from None
         raise UserError(f"{path}: not UTF-8; the file is damaged") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None

@@ -194,3 +194,18 @@ def test_predict_mistakes_are_one_line_exit_2(tmp_path, capsys):
         assert cli_main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and must in err[0], (argv, err)
+
+
+@pytest.mark.parametrize("data, says", [
+    ('{"type": "品牌"}'.encode()[:-4], "invalid JSON (the file ends inside a character"),  # cut inside 牌
+    ('{"type": "a"'.encode(), "invalid JSON"),
+    (b'{"type": "\xff"}', "not UTF-8"),
+])
+def test_a_damaged_run_json_file_is_one_line_naming_it(data, says, tmp_path):
+    from peft_tags.errors import UserError
+    from peft_tags.rundir import read_json
+    path = tmp_path / "metrics.json"
+    path.write_bytes(data)
+    with pytest.raises(UserError) as caught:
+        read_json(path)
+    assert str(caught.value).startswith(f"{path}") and says in str(caught.value)
