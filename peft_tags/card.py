@@ -13,7 +13,7 @@ def metadata(recipe: Recipe, m: dict) -> dict:
 
     from .backbones import ALIASES
 
-    task = tasks.get(recipe.task.type)
+    task = tasks.of_recipe(recipe)
     name = recipe.backbone.name
     base = ALIASES[name].hub_id if name in ALIASES else (name if _hub_id(name) else "")
     data = (getattr(recipe.data, "hub", None) or PurePosixPath(str(recipe.data.train)).parent.name
@@ -61,7 +61,7 @@ def model_card(recipe: Recipe, m: dict, meta: dict | None = None) -> str:
         f"Trained by peft-tags {__version__} from `{m['recipe']}` (resolved recipe: `recipe.yaml`).",
         "",
         "| | |", "|---|---|",
-        f"| task | {tasks.get(recipe.task.type).card_line(recipe, m)} |",
+        f"| task | {tasks.of_recipe(recipe).card_line(recipe, m)} |",
         *([f"| type names | {', '.join(f'{k} {v}' for k, v in names.items())} |"]
           if (names := (meta or {}).get("type_names")) else []),
         f"| data | train `{recipe.data.train}`, dev `{recipe.data.dev}`, test `{recipe.data.test}` |",
@@ -120,11 +120,11 @@ def _stock_use(recipe: Recipe, meta: dict) -> list[str]:
            f"model = AutoPeftModelForTokenClassification.from_pretrained('<this directory>', num_labels={n})"]),
         "```",
         "",
-        "The head's outputs are per token; peft-tags turns them into tags (" + tasks.get(recipe.task.type).help + ").",
+        "The head's outputs are per token; peft-tags turns them into tags (" + tasks.of_recipe(recipe).help + ").",
     ]
-    if tasks.get(recipe.task.type).hf_problem_type and not method.merge_refusal:
+    if tasks.of_recipe(recipe).hf_problem_type and not method.merge_refusal:
         lines.append("`peft-tags export <this directory> <dest>` writes it as a `*ForSequenceClassification` "
-                     "(`problem_type` " + tasks.get(recipe.task.type).hf_problem_type + ", the tuned thresholds in "
+                     "(`problem_type` " + tasks.of_recipe(recipe).hf_problem_type + ", the tuned thresholds in "
                      "its config) that `AutoModelForSequenceClassification.from_pretrained(dest + '/model', "
                      "trust_remote_code=True)` and `pipeline('text-classification', ...)` load.")
     if recipe.backbone.name != base and not base.startswith("/"):

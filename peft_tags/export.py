@@ -170,7 +170,7 @@ def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False, forma
         raise UserError(f"{dest}: no directory '{dest.parent}' to write into")
     model, recipe, backbone = merged_model(run_dir)
 
-    task = tasks.get(tasks.task_of(meta))
+    task = tasks.of_meta(meta)
     for key, value in label_config(task, meta).items():  # names, not LABEL_<n>, in every tool
         setattr(model.config, key, value)
     with owned.Staged(dest, "export", replace=overwrite) as tmp:

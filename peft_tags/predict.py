@@ -35,7 +35,7 @@ class Tagger:
     def __init__(self, model, codec, recipe, device, meta: dict | None = None, backend: str = "torch"):
         self.model, self.codec, self.recipe, self.device, self.backend = model, codec, recipe, device, backend
         self.meta: dict = meta or {}  # labels.json of the run
-        self.task = tasks.get(tasks.task_of(self.meta) if self.meta else recipe.task.type)
+        self.task = tasks.of_meta(self.meta) if self.meta else tasks.of_recipe(recipe)
 
     @classmethod
     def load(cls, output_dir: str | Path, device: str | None = None, backend: str = "torch",
@@ -54,7 +54,7 @@ class Tagger:
         out = Path(output_dir)
         recipe, meta = check_run_dir(out)
         quiet_transformers()
-        task = tasks.get(tasks.task_of(meta))
+        task = tasks.of_meta(meta)
         if backend == "onnx":
             from .onnxio import ONNX_FILE, OnnxModel
 

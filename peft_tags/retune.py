@@ -37,7 +37,7 @@ def retune(run: str | os.PathLike, overrides: list[str] = (), batch_size: int = 
             raise UserError(f"{run}: not a trained output directory (no {name})")
     _, meta = check_run_dir(run)
     old = read_json(run / "metrics.json")
-    task_cls = tasks.get(tasks.task_of(meta))
+    task_cls = tasks.of_meta(meta)
     if not task_cls.retune_keys:
         able = [n for n in tasks.names() if tasks.get(n).retune_keys]
         raise UserError(f"{run}: a {task_cls.name} run; it has no decision rule to tune again (runs of task "

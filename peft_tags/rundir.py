@@ -142,7 +142,7 @@ def _check_labels(path: Path) -> dict:
 
     if task not in tasks.REGISTRY:
         raise UserError(f"{path}: 'task' must be one of {', '.join(tasks.names())}, got {task!r}")
-    expected = tasks.get(task).check_meta(meta, need, path)
+    expected = tasks.of_meta(meta).check_meta(meta, need, path)
     need("max_length", is_int, "an integer >= 1")
     need("num_outputs", lambda v: is_int(v) and v == expected, f"{expected} (from the task's labels)")
     return meta

@@ -68,7 +68,7 @@ def cross_checks(recipe: Recipe) -> list[tuple[str, str]]:
         problems.append(("backbone.quantization", "a quantised backbone is frozen; it cannot be combined with "
                                                   f"method '{recipe.method.name}', which trains the backbone's "
                                                   "weights (use a method over a frozen backbone, or quantization: none)"))
-    return problems + tasks.get(recipe.task.type).check_recipe(recipe)
+    return problems + tasks.of_recipe(recipe).check_recipe(recipe)
 
 
 #: the first line of a recipe that peft-tags resolved and wrote into a run (dump_recipe)

@@ -169,7 +169,7 @@ def _share_key(path: Path, recipe, meta: dict):
     from .. import methods
 
     m = methods.get(recipe.method.name)
-    if m.saves != "adapter" or m.on_load is not None or tasks.get(tasks.task_of(meta)).reduce is None:
+    if m.saves != "adapter" or m.on_load is not None or tasks.of_meta(meta).reduce is None:
         return None
     peft_type = json.loads((path / "adapter_config.json").read_text(encoding="utf-8")).get("peft_type")
     b = recipe.backbone
@@ -236,7 +236,7 @@ def _join(group: Group, name: str, path: Path, recipe, meta: dict, device) -> Se
         head = torch.nn.Linear(head_state["weight"].shape[1], head_state["weight"].shape[0])
         head.load_state_dict(head_state)
     head = head.to(device).eval()
-    codec = tasks.get(tasks.task_of(meta)).codec_from_meta(group.tokenizer, meta)
+    codec = tasks.of_meta(meta).codec_from_meta(group.tokenizer, meta)
     view = RunView(group, adapter, head)
     return ServedRun(name, path, Tagger(view, codec, recipe, device, meta, "torch"), group, head, adapter)
 

@@ -44,6 +44,13 @@ class Task:
 
     # ------------------------------------------------------------------ recipe side
     @classmethod
+    def variant(cls, head: str | None) -> type["Task"]:
+        """The class that trains and reads a run of this task with ``head`` (``task.head`` of a
+        recipe, ``head`` of a run's labels.json; None: the task's own): a task with several heads
+        (tagging: BIO or global pointer) keeps one name and picks its class here."""
+        return cls
+
+    @classmethod
     def check_recipe(cls, recipe) -> list[tuple[str, str]]:
         """(dotted key, problem) pairs of the recipe as a whole; the data format is checked here."""
         if recipe.data.format not in cls.formats:
@@ -175,6 +182,11 @@ class Task:
     def loss(self, logits, batch: dict):
         raise NotImplementedError
 
+    def divergence(self, logits_a, logits_b, batch: dict):
+        """R-Drop (``training.rdrop_alpha``): the symmetric KL divergence between the task's output
+        distributions of two passes over ``batch`` (a scalar tensor)."""
+        raise NotImplementedError
+
     def predict(self, model, examples, encoded, batch_size: int, device) -> list:
         raise NotImplementedError
 
@@ -225,8 +237,18 @@ def task_of(meta: dict) -> str:
     return meta.get("task", DEFAULT)
 
 
+def of_recipe(recipe) -> type[Task]:
+    """The task class a recipe trains (its task.type, and task.head where the task has heads)."""
+    return get(recipe.task.type).variant(getattr(recipe.task, "head", None))
+
+
+def of_meta(meta: dict) -> type[Task]:
+    """The task class of a trained run, from its labels.json (``task`` and ``head``)."""
+    return get(task_of(meta)).variant(meta.get("head"))
+
+
 def make_task(recipe, tokenizer, train_examples) -> Task:
-    return get(recipe.task.type)(recipe, tokenizer, train_examples)
+    return of_recipe(recipe)(recipe, tokenizer, train_examples)
 
 
 from . import tagging, multilabel  # noqa: E402,F401  (registration)

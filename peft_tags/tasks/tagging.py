@@ -18,9 +18,19 @@ from .slots import (  # noqa: F401  (the codec's names, importable from the task
     viterbi)
 
 
+HEADS = ("bio", "global-pointer")
+
+
 @dataclass(kw_only=True)
 class TaggingOptions(TaskOptions):
     slots: int = opt(4, "how many characters one token can label (1..16)", ge=1, le=16)
+    head: str = opt("bio", "the span head: bio (a label per character, best valid sequence by Viterbi) or "
+                    "global-pointer (every start, end and type scored; a threshold tuned on dev)", choices=HEADS)
+    pointer_size: int = opt(64, "global-pointer: size of the start and end vectors (even, 2..512)", ge=2, le=512)
+
+    def check(self) -> list[tuple[str, str]]:
+        return [("pointer_size", f"must be even (rotary positions rotate pairs), got {self.pointer_size}")] \
+            if self.pointer_size % 2 else []
 
 
 @dataclass(frozen=True)
@@ -110,12 +120,21 @@ class TaggingTask(Task):
 
     # ------------------------------------------------------------------ recipe side
     @classmethod
+    def variant(cls, head: str | None) -> type[Task]:
+        if head == "global-pointer":
+            from .pointer import PointerTask
+
+            return PointerTask
+        return cls
+
+    @classmethod
     def card_line(cls, recipe, metrics: dict) -> str:
         return f"character-span tagging (BIO), {recipe.task.slots} label slots per token"
 
     @classmethod
     def check_meta(cls, meta: dict, need, path) -> int:
-
+        if "head" in meta:
+            need("head", lambda v: v in HEADS, " or ".join(HEADS))
         need("types", distinct_names, "a list of distinct span types")
         need("slots", lambda v: is_int(v, 1, 16), "an integer in [1, 16]")
         if "type_names" in meta:  # optional: names of some types
@@ -221,6 +240,22 @@ class TaggingTask(Task):
         from ..model import token_logits
 
         return loss_fn(token_logits(logits, batch["input_ids"]), batch["labels"], len(self.codec.labels))
+
+    def divergence(self, logits_a, logits_b, batch: dict):
+        """Symmetric KL between the two passes' label distributions, per (token, slot) that holds
+        a character, averaged."""
+        import torch
+
+        from ..model import token_logits
+
+        n = len(self.codec.labels)
+        a, b = (torch.log_softmax(token_logits(x, batch["input_ids"]).float().reshape(-1, n), -1)
+                for x in (logits_a, logits_b))
+        keep = batch["labels"].reshape(-1) != IGNORE
+        if not keep.any():
+            return a.sum() * 0.0
+        a, b = a[keep], b[keep]
+        return ((a.exp() - b.exp()) * (a - b)).sum(-1).mean() / 2
 
     def predict(self, model, examples, encoded, batch_size: int, device) -> list:
         """The decoded spans of each example."""
