@@ -21,6 +21,7 @@ from .lock import OutputLock
 from .model import (apply_method, build_token_classifier, check_max_length, is_checkpointing, is_head_param,
                     parameter_counts, quiet_transformers)
 from .precision import choose_precision
+from .regularize import StepLoss
 from .config import Recipe, recipe_to_dict
 from .sampler import LengthBucketBatches, fenced_batches
 from .tasks import make_task
@@ -202,7 +203,16 @@ class TrainRun:
                  t.epochs, self.steps_per_epoch, t.batch_size, t.grad_accum, acc.num_processes)
         bar = tqdm(total=self.total_steps, initial=st["step"], disable=not acc.is_local_main_process, desc="train", unit="step")
         unwrapped = acc.unwrap_model(self.model)
-        regularizer, on_step = self.method.regularizer, self.method.on_step
+        on_step = self.method.on_step
+        step_loss = StepLoss(acc, self.model, self.task, t, self.method.regularizer)
+        try:
+            self._epochs(bar, unwrapped, on_step, step_loss)
+        finally:
+            step_loss.close()
+        bar.close()
+
+    def _epochs(self, bar, unwrapped, on_step, step_loss) -> None:
+        t, acc, st = self.recipe.training, self.acc, self.state
         for epoch in range(st["epoch"], t.epochs):
             if st["stopped_early"]:  # a run resumed from the checkpoint written when it stopped
                 break
@@ -215,12 +225,7 @@ class TrainRun:
             tick = time.perf_counter()
             for batch in fenced_batches(loader):
                 with acc.accumulate(self.model):
-                    logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                    loss = self.task.loss(logits, batch)
-                    if regularizer is not None:
-                        extra = regularizer(unwrapped)
-                        loss = loss if extra is None else loss + extra
-                    acc.backward(loss)
+                    loss = step_loss(batch)  # forward and backward, with R-Drop / FGM where asked
                     if acc.sync_gradients and t.max_grad_norm:
                         acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
                     self.optimizer.step()
@@ -247,7 +252,6 @@ class TrainRun:
                 self._evaluate_dev(epoch + 1)
             if not t.checkpoint_every_steps or epoch + 1 == t.epochs or st["stopped_early"]:
                 self._checkpoint()
-        bar.close()
 
     def _evaluate_dev(self, epoch: int) -> None:
         scores = self.evaluate("dev")

@@ -62,7 +62,7 @@ LAYERS = [
     ("tasks", ["tasks"]),
     ("recipes", ["config", "recipe"]),
     ("checks", ["preflight", "rundir", "card", "derive", "hub"]),
-    ("runs", ["checkpoint", "predict", "stream", "publish", "train", "export", "retune", "serve"]),
+    ("runs", ["checkpoint", "predict", "stream", "publish", "train", "regularize", "export", "retune", "serve"]),
     ("commands", ["cli", "__main__", ""]),
 ]
 

@@ -161,6 +161,10 @@ class TrainingSection:
                                               "of keeping them: less memory for about a third more compute; with any "
                                               "method whose gradients pass through the backbone (not prefix tuning), "
                                               "on a quantised backbone too")
+    rdrop_alpha: float = opt(0.0, "R-Drop: each batch passes twice (different dropout) and alpha (>= 0) times the "
+                                  "symmetric KL between the two outputs joins the loss; 0: off", ge=0)
+    fgm_epsilon: float = opt(0.0, "FGM: a second pass with the input embeddings moved by epsilon (>= 0) along the "
+                                  "loss gradient (per title) trains against that perturbation too; 0: off", ge=0)
 
     @property
     def effective_head_lr(self) -> float:

@@ -218,6 +218,16 @@ class MultiLabelTask(Task):
         weight = None if self.pos_weight is None else self.pos_weight.to(pooled.device)
         return torch.nn.functional.binary_cross_entropy_with_logits(pooled, batch["labels"].float(), pos_weight=weight)
 
+    def divergence(self, logits_a, logits_b, batch: dict):
+        """Symmetric KL between the two passes' tag probabilities (a Bernoulli per tag), averaged."""
+        import torch
+
+        from ..model import token_logits
+
+        a, b = (self.codec.pool(token_logits(x, batch["input_ids"]).float(), batch["attention_mask"])
+                for x in (logits_a, logits_b))
+        return ((torch.sigmoid(a) - torch.sigmoid(b)) * (a - b)).mean() / 2
+
     def predict(self, model, examples, encoded, batch_size: int, device) -> list:
         """The tag probabilities of each example (a row of the vocabulary's size)."""
         return list(predict_probs(model, self.codec, encoded, batch_size, device))
