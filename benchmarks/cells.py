@@ -45,23 +45,60 @@ def shown_command(cell: Cell, out: Path) -> str:
     return " ".join(shlex.quote(a) for a in ["python", *cell_command(cell, out)[1:]])
 
 
+#: keys of a resolved recipe that do not change what a cell trains
+NOT_TRAINING = ("output.", "training.resume", "training.log_with")
+
+
+def flat_recipe(recipe) -> dict:
+    """Every key of a loaded recipe (dotted, ``method.options.r``) -> [value, default]; a key
+    without a default has the default ``"<required>"``. Self-contained: it also runs, as source,
+    against the code of older commits (:mod:`benchmarks.refingerprint`)."""
+    import dataclasses
+    import json
+
+    out = {}
+
+    def walk(obj, prefix):
+        for f in dataclasses.fields(obj):
+            if f.name == "source" and not prefix:
+                continue
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, prefix + f.name + ".")
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = "<required>"
+            out[prefix + f.name] = json.loads(json.dumps([value, default], default=str))
+
+    walk(recipe, "")
+    return out
+
+
+def recipe_fingerprint(recipe) -> str:
+    """The keys of a resolved recipe that are not at their default (less where the run is
+    written), hashed: a key added to the schema later, at its default, changes no fingerprint."""
+    what = {k: v for k, (v, default) in flat_recipe(recipe).items()
+            if v != default and not k.startswith(NOT_TRAINING)}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def fingerprint(cell: Cell) -> str:
-    """What a finished cell must still match to be reused: the resolved recipe (less where it is
-    written), or the stock recipe's file and arguments (not how the script is started)."""
+    """What a finished cell must still match to be reused: the resolved recipe's keys away from
+    their defaults (less where it is written; :func:`recipe_fingerprint`), or the stock recipe's
+    file and arguments (not how the script is started)."""
     if cell.kind == "stock":
         what = [STOCK_SCRIPT, *stock_args(cell, Path("OUT"))]
-    else:
-        from peft_tags.config import load_recipe, recipe_to_dict
-        from peft_tags.errors import UserError
-        try:
-            d = recipe_to_dict(load_recipe(REPO / cell.recipe, cell.overrides))
-        except UserError as e:
-            raise GridError(f"{cell.task}/{cell.name}: {str(e).splitlines()[0]}") from None
-        d.pop("output", None)
-        d["training"].pop("resume", None)
-        d["training"].pop("log_with", None)
-        what = d
-    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    from peft_tags.config import load_recipe
+    from peft_tags.errors import UserError
+    try:
+        return recipe_fingerprint(load_recipe(REPO / cell.recipe, cell.overrides))
+    except UserError as e:
+        raise GridError(f"{cell.task}/{cell.name}: {str(e).splitlines()[0]}") from None
 
 
 def saved_file(run: Path) -> tuple[str, int]:

@@ -53,6 +53,21 @@ def parse_seeds(text: str | None) -> list[int] | None:
     return seeds or None
 
 
+def current_cells(grid_cells: list[Cell], results: Path) -> dict[str, dict[str, str]]:
+    """What the reports may use, per task: every cell of the grid (within --task/--method), with
+    each seed it was trained with, by name -> recipe fingerprint; a cell file of another recipe or
+    of a cell no longer swept is left out by :func:`benchmarks.report.read_cells`."""
+    current: dict[str, dict[str, str]] = {}
+    for c in grid_cells:
+        current.setdefault(c.task, {})[c.name] = fingerprint(c)
+        for f in (results / c.task / "cells").glob(f"{glob.escape(c.base_name)},seed=*.json"):
+            m = SEED_FILE.search(f.name)
+            if m and f.name == f"{c.base_name},seed={m.group(1)}.json":
+                other = c.with_seed(int(m.group(1)))
+                current[c.task][f.name[:-5]] = fingerprint(other) if other is not c else ""
+    return current
+
+
 # ---------------------------------------------------------------------------------------------
 # progress
 
@@ -223,16 +238,7 @@ def _main(args) -> int:
         return results / c.task / "cells" / f"{c.name}.json"
 
     code = code_fingerprint()
-    # what the reports may use: every cell of the grid (within --task/--method), with each seed it
-    # was trained with; a cell file of another recipe or of a cell no longer swept is left out
-    current: dict[str, dict[str, str]] = {}
-    for c in grid_cells:
-        current.setdefault(c.task, {})[c.name] = fingerprint(c)
-        for f in (results / c.task / "cells").glob(f"{glob.escape(c.base_name)},seed=*.json"):
-            m = SEED_FILE.search(f.name)
-            if m and f.name == f"{c.base_name},seed={m.group(1)}.json":
-                other = c.with_seed(int(m.group(1)))
-                current[c.task][f.name[:-5]] = fingerprint(other) if other is not c else ""
+    current = current_cells(grid_cells, results)
     todo, progress = [], Progress(len(cells))
     running = {c.name for c in cells}
     for c in grid_cells:  # cells not chosen this time still inform the estimates

@@ -152,6 +152,45 @@ def test_a_changed_recipe_makes_its_cells_stale(tmp_path, tiny_backbone, toy_dat
     assert fingerprint(cell) != before
 
 
+def test_a_key_added_to_the_schema_at_its_default_leaves_fingerprints_alone(tmp_path, tiny_backbone, toy_data,
+                                                                           monkeypatch):
+    """Fingerprints hash the keys away from their defaults: a recipe option added later (at its
+    default, the behaviour before it) does not make every finished cell stale; written at that
+    default it changes nothing either, and at another value it does."""
+    import dataclasses
+
+    from peft_tags.config import schema
+
+    lora = write_recipe(tmp_path / "lora.yaml", tiny_backbone, toy_data, tmp_path / "unused")
+    head = write_recipe(tmp_path / "head.yaml", tiny_backbone, toy_data, tmp_path / "unused", method="head-only")
+    cell = next(c for c in load_grid(_grid(tmp_path / "grid.yaml", lora, head, tiny_backbone), "cpu")
+                if c.method == "lora")
+    before = fingerprint(cell)
+    fields = [(f.name, f.type, f) for f in dataclasses.fields(schema.TrainingSection)]
+    widened = dataclasses.make_dataclass("TrainingSection", fields + [("new_knob", float, dataclasses.field(
+        default=0.0, metadata={"help": "a knob added later"}))])
+    monkeypatch.setattr(schema, "TrainingSection", widened)
+    monkeypatch.setitem(schema.SECTIONS, "training", widened)
+    assert fingerprint(cell) == before
+    write_recipe(lora, tiny_backbone, toy_data, tmp_path / "unused", new_knob=0.0)
+    assert fingerprint(cell) == before
+    write_recipe(lora, tiny_backbone, toy_data, tmp_path / "unused", new_knob=0.5)
+    assert fingerprint(cell) != before
+
+
+def test_refingerprint_carries_a_cell_only_where_it_trained_what_it_would_today():
+    from benchmarks.refingerprint import differences
+
+    old = {"training.lr": [0.001, 0.001], "task.pooling": ["mean", "mean"], "method.options.r": [16, 8]}
+    same = {"training.lr": [0.001, 0.001], "training.fgm_epsilon": [0.0, 0.0], "method.options.r": [16, 8]}
+    assert differences(old, same) == []  # a key added at its default, another task's key removed at its default
+    assert differences(old, {**same, "training.fgm_epsilon": [1.0, 0.0]}) == [
+        "training.fgm_epsilon: added since, at 1.0, not its default 0.0"]
+    assert differences(old, {**same, "method.options.r": [8, 8]}) == ["method.options.r: 16 then, 8 now"]
+    assert differences({**old, "task.pooling": ["first", "mean"]}, same) == [
+        "task.pooling: removed since, was 'first', not its default 'mean'"]
+
+
 def test_cells_are_ordered_round_robin_and_smoke_takes_the_first_value(tmp_path, tiny_backbone, toy_data):
     lora = write_recipe(tmp_path / "lora.yaml", tiny_backbone, toy_data, tmp_path / "o")
     head = write_recipe(tmp_path / "head.yaml", tiny_backbone, toy_data, tmp_path / "o", method="head-only")
