@@ -97,6 +97,7 @@ def _stock_use(recipe: Recipe, meta: dict) -> list[str]:
     from .hub import original_id
 
     method = methods.get(recipe.method.name)
+    task = tasks.of_recipe(recipe)
     base = original_id(recipe.backbone.name)
     if method.saves == "model":
         return ["Stock transformers: `AutoModelForTokenClassification.from_pretrained('<this directory>/model')` "
@@ -113,18 +114,21 @@ def _stock_use(recipe: Recipe, meta: dict) -> list[str]:
         *(["from transformers import AutoConfig, AutoModelForTokenClassification, pipeline",
            "run = '<this directory>'",
            "model = AutoModelForTokenClassification.from_pretrained(run, config=AutoConfig.from_pretrained(run + '/hf'))",
-           "tagger = pipeline('token-classification', model=model, tokenizer=run + '/hf')",
+           *([f"tagger = pipeline('{task.pipeline_tag}', model=model, tokenizer=run + '/hf')"] if task.pipeline_tag
+             else []),
            f"# or: peft.AutoPeftModelForTokenClassification.from_pretrained(run, num_labels={n})"]
           if not method.merge_refusal else  # adds computation: only peft builds it (transformers' integration does not)
           ["from peft import AutoPeftModelForTokenClassification",
            f"model = AutoPeftModelForTokenClassification.from_pretrained('<this directory>', num_labels={n})"]),
         "```",
         "",
-        "The head's outputs are per token; peft-tags turns them into tags (" + tasks.of_recipe(recipe).help + ").",
+        "The head's outputs are per token; peft-tags turns them into tags (" + task.help + ")"
+        + ("." if task.pipeline_tag else "; they are span-head features, not labels, so no stock pipeline reads "
+           "them as tags: tag with `peft-tags predict` or `peft_tags.predict.Tagger`."),
     ]
-    if tasks.of_recipe(recipe).hf_problem_type and not method.merge_refusal:
+    if task.hf_problem_type and not method.merge_refusal:
         lines.append("`peft-tags export <this directory> <dest>` writes it as a `*ForSequenceClassification` "
-                     "(`problem_type` " + tasks.of_recipe(recipe).hf_problem_type + ", the tuned thresholds in "
+                     "(`problem_type` " + task.hf_problem_type + ", the tuned thresholds in "
                      "its config) that `AutoModelForSequenceClassification.from_pretrained(dest + '/model', "
                      "trust_remote_code=True)` and `pipeline('text-classification', ...)` load.")
     if recipe.backbone.name != base and not base.startswith("/"):

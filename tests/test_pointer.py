@@ -136,7 +136,9 @@ def test_a_pointer_run_learns_the_toy_set_and_records_its_threshold(gp_run):
     types = len(meta["types"])
     assert meta["num_outputs"] == 4 * (2 * 16 + 2 * types)
     assert m["parameters"]["head"] == (32 + 1) * meta["num_outputs"]  # hidden 32, one Linear
-    assert "global-pointer" in (gp_run / "README.md").read_text()
+    card = (gp_run / "README.md").read_text()
+    assert "global-pointer" in card and "no stock pipeline reads them as tags" in card
+    assert "pipeline('token-classification'" not in card and "pipeline_tag:" not in card.split("---")[1]
 
 
 def test_predict_gives_what_training_scored_and_the_cli_prints_tags(gp_run, toy_data, capsys):

@@ -223,6 +223,8 @@ class PointerTask(TaggingTask):
     """The tagging task with the global-pointer head; same data, outputs and metrics as BIO."""
 
     help = "character spans (global pointer: every start, end and type scored), scored by span micro-F1"
+    # the per-token outputs are span-head features, not labels: no stock pipeline reads them as tags
+    pipeline_tag = ""
 
     @classmethod
     def card_line(cls, recipe, metrics: dict) -> str:
