@@ -153,13 +153,18 @@ def test_resume_without_a_checkpoint_starts_from_the_beginning(tmp_path, tiny_ba
     assert (tmp_path / "out" / "metrics.json").is_file()
 
 
-@pytest.mark.parametrize("method", ["lora", pytest.param("adalora", marks=pytest.mark.slow)])  # default run: lora
-def test_two_processes_with_ddp_over_gloo(method, tmp_path, tiny_backbone, toy_data):
+@pytest.mark.parametrize("method, extra", [pytest.param("lora", {}, id="lora"),
+                                           pytest.param("adalora", {}, marks=pytest.mark.slow, id="adalora"),
+                                           # FGM's clean backward skips the gradient sync; R-Drop doubles the batch
+                                           pytest.param("lora", {"fgm_epsilon": 0.5, "rdrop_alpha": 1.0},
+                                                        marks=pytest.mark.slow, id="lora-fgm-rdrop")])
+def test_two_processes_with_ddp_over_gloo(method, extra, tmp_path, tiny_backbone, toy_data):  # default run: lora
     # 160 titles in batches of 7: 22 full batches and a short one, which must not be lost;
     # AdaLoRA also accumulates 2 batches per update, so its allocator sees 6 steps per epoch
     accum = 2 if method == "adalora" else 1
     recipe = write_recipe(tmp_path / "ddp.yaml", tiny_backbone, toy_data, tmp_path / "out", epochs=2, batch_size=7,
-                          method=method, method_options=ADALORA if method == "adalora" else None, grad_accum=accum)
+                          method=method, method_options=ADALORA if method == "adalora" else None, grad_accum=accum,
+                          **extra)
     # accelerate's torchrun path; without GPUs run_recipe.py has Accelerate join the ranks on the CPUs
     launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
                 "--main_process_port", "0", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
