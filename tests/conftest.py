@@ -139,3 +139,13 @@ def write_recipe(path: Path, backbone: Path, data_root: Path, out: Path, method:
         encoding="utf-8",
     )
     return path
+
+
+def train_toy(tmp: Path, backbone: Path, data_root: Path, **recipe) -> Path:
+    """Train :func:`write_recipe`'s recipe (``recipe``: its keyword arguments) in-process into
+    ``tmp / "out"`` and return that run directory."""
+    from peft_tags.cli import main as cli_main
+
+    path = write_recipe(tmp / "r.yaml", backbone, data_root, tmp / "out", **recipe)
+    assert cli_main(["train", str(path)]) == 0
+    return tmp / "out"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, write_recipe
+from conftest import REPO, train_toy, write_recipe
 from peft_tags.cli import main as cli_main
 from peft_tags.tasks.multilabel import GRID, decide, held_out_check, positive_weights, tune_global, tune_per_tag
 
@@ -18,11 +18,8 @@ ML = {"type": "multilabel", "pooling": "mean", "thresholds": "per-tag"}
 
 @pytest.fixture(scope="module")
 def ml_run(tmp_path_factory, tiny_backbone, toy_tags):
-    tmp = tmp_path_factory.mktemp("ml")
-    recipe = write_recipe(tmp / "r.yaml", tiny_backbone, toy_tags, tmp / "out", task_options=ML, epochs=8, lr=2e-2,
-                          head_lr=1e-1)
-    assert cli_main(["train", str(recipe)]) == 0
-    return tmp / "out"
+    return train_toy(tmp_path_factory.mktemp("ml"), tiny_backbone, toy_tags, task_options=ML, epochs=8, lr=2e-2,
+                     head_lr=1e-1)
 
 
 def test_a_learnable_toy_set_reaches_high_f1(ml_run):

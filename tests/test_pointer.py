@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_recipe
+from conftest import train_toy, write_recipe
 from helpers import cli_fails, edit_json, recipe_problems
 from peft_tags.cli import main as cli_main
 from peft_tags.data import Example, Span
@@ -29,11 +29,8 @@ def tokenizer(tiny_backbone):
 
 @pytest.fixture(scope="module")
 def gp_run(tmp_path_factory, tiny_backbone, toy_data):
-    tmp = tmp_path_factory.mktemp("gp")
-    recipe = write_recipe(tmp / "r.yaml", tiny_backbone, toy_data, tmp / "out", task_options=GP, epochs=6, lr=1e-2,
-                          head_lr=2e-2)
-    assert cli_main(["train", str(recipe)]) == 0
-    return tmp / "out"
+    return train_toy(tmp_path_factory.mktemp("gp"), tiny_backbone, toy_data, task_options=GP, epochs=6, lr=1e-2,
+                     head_lr=2e-2)
 
 
 # ----------------------------------------------------------------------------- the codec
