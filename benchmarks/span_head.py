@@ -27,15 +27,15 @@ from .harness import current_cells
 from .provenance import REPO, provenance
 from .report import choose, read_cells, short_float
 
-#: (grid method, head, regulariser) of each row, in the table's order
+#: (grid method, head, regulariser, the row its speed is compared with) of each row, in order
 ROWS = [
-    ("lora-small", "BIO", "-"), ("lora-small-fgm", "BIO", "FGM"), ("lora-small-rdrop", "BIO", "R-Drop"),
-    ("lora-small-gp", "global pointer", "-"), ("lora-small-gp-fgm", "global pointer", "FGM"),
-    ("lora-small-gp-rdrop", "global pointer", "R-Drop"),
-    ("lora", "BIO", "- (r=16, reference)"),
-    ("full", "BIO", "-"), ("full-gp", "global pointer", "-"),
+    ("lora-small", "BIO", "-", None), ("lora-small-fgm", "BIO", "FGM", "lora-small"),
+    ("lora-small-rdrop", "BIO", "R-Drop", "lora-small"),
+    ("lora-small-gp", "global pointer", "-", "lora-small"), ("lora-small-gp-fgm", "global pointer", "FGM", "lora-small-gp"),
+    ("lora-small-gp-rdrop", "global pointer", "R-Drop", "lora-small-gp"),
+    ("lora", "BIO", "- (r=16, reference)", None),
+    ("full", "BIO", "-", None), ("full-gp", "global pointer", "-", "full"),
 ]
-BASE = "lora-small"
 
 
 def frequent_macro(metrics: dict, min_support: int) -> tuple[float | None, dict]:
@@ -45,8 +45,10 @@ def frequent_macro(metrics: dict, min_support: int) -> tuple[float | None, dict]
     return (sum(kept.values()) / len(kept) if kept else None), kept
 
 
-def row_of(row: dict, runs: Path, min_support: int) -> dict:
-    """One table row from the grid's chosen cell (and its seed cells' run directories)."""
+def row_of(row: dict, runs: Path, min_support: int, by_name: dict) -> dict:
+    """One table row from the grid's chosen cell (and its seed cells' run directories). Its speed
+    is the fastest of its seed cells (a machine's noise only ever slows a run down) and the day
+    that cell ran."""
     macros, per_type = [], {}
     for name in row.get("seed_cells") or [row["cell"]]:
         path = runs / name / "metrics.json"
@@ -57,25 +59,30 @@ def row_of(row: dict, runs: Path, min_support: int) -> dict:
                 per_type[name] = kept
     p = row["parameters"]
     tests = [t for _, t in row.get("test_by_seed", [])] or [row["test_micro_f1"]]
+    fastest = max((by_name[n] for n in row.get("seed_cells") or [row["cell"]] if n in by_name),
+                  key=lambda c: c["train_titles_per_s"], default=row)
     return {
         "method": row["method"], "chosen": {row["sweep_key"]: row["chosen"]}, "dev_by_value": row["dev_by_value"],
         "seeds": row["seeds"], "dev_micro_f1": row["dev_micro_f1"], "test_micro_f1": row["test_micro_f1"],
         "test_micro_f1_range": [min(tests), max(tests)], "test_macro_f1": row["test_macro_f1"],
         "test_macro_f1_frequent": sum(macros) / len(macros) if macros else None,
         "frequent_types_f1": per_type, "trainable": p["trainable"], "head": p["head"],
-        "trainable_pct": p["trainable_pct"], "train_titles_per_s": row["train_titles_per_s"],
+        "trainable_pct": p["trainable_pct"], "train_titles_per_s": fastest["train_titles_per_s"],
+        "train_titles_per_s_by_seed": [by_name[n]["train_titles_per_s"] for n in row.get("seed_cells", []) if n in by_name],
+        "speed_of": fastest["cell"], "ran_on": ((fastest.get("provenance") or {}).get("date") or "")[:10],
         "cpu": (row.get("provenance") or {}).get("cpu"), "commit": (row.get("provenance") or {}).get("git_commit"),
         "command": row["command"],
     }
 
 
 def markdown(budget: str, rows: list[dict], min_support: int, command: str) -> str:
-    base = next((r for r in rows if r["method"] == BASE), None)
+    by_method = {r["method"]: r for r in rows}
     lines = [f"# jd-ner: the span head and the regularisers (budget `{budget}`)", "",
              f"Made by `{command}` from the grid's cells. Per row the rate with the best dev micro-F1 is chosen "
              "(seed means where a rate has several seeds); only its test scores are reported. Macro-F1 (frequent) "
-             f"averages the F1 of the test types with at least {min_support} test spans. Titles/s are ratios "
-             f"against `{BASE}` where both ran on the same CPU.", "",
+             f"averages the F1 of the test types with at least {min_support} test spans. Train titles/s is the "
+             "fastest of the row's seed cells; the ratio compares it with the row it extends (FGM and R-Drop with "
+             "their plain row, the span head with BIO) where both ran on the same day, one cell at a time.", "",
              "| row | head | regulariser | rate: dev micro-F1 | seeds | test micro-F1 | test macro-F1 (frequent) | "
              "test macro-F1 (all) | trainable (head) | % | train titles/s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -86,13 +93,14 @@ def markdown(budget: str, rows: list[dict], min_support: int, command: str) -> s
         lo, hi = r["test_micro_f1_range"]
         spread = f" ({lo:.4f}–{hi:.4f})" if len(r["seeds"]) > 1 else ""
         speed = f"{r['train_titles_per_s']:.1f}"
-        if base is not None and r["cpu"] == base["cpu"]:
-            speed += f" ({r['train_titles_per_s'] / base['train_titles_per_s']:.2f}×)"
+        base = by_method.get(r["compare_with"] or "")
+        if base is not None and base["ran_on"] == r["ran_on"]:
+            speed += f" ({r['train_titles_per_s'] / base['train_titles_per_s']:.2f}× {base['method']})"
         freq = "—" if r["test_macro_f1_frequent"] is None else f"{r['test_macro_f1_frequent']:.4f}"
         lines.append(f"| {r['method']} | {r['head_name']} | {r['regulariser']} | {rates} | {len(r['seeds'])} | "
                      f"**{r['test_micro_f1']:.4f}**{spread} | {freq} | {r['test_macro_f1']:.4f} | "
                      f"{r['trainable']:,} ({r['head']:,}) | {r['trainable_pct']:.2f}% | {speed} |")
-    missing = [m for m, _, _ in ROWS if m not in {r["method"] for r in rows}]
+    missing = [m for m, *_ in ROWS if m not in by_method]
     if missing:
         lines += ["", "Rows without a finished cell on this budget: " + ", ".join(missing) + "."]
     lines += ["", "Each row's command is in the JSON beside this file."]
@@ -108,16 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=Path, default=REPO / "benchmarks" / "runs")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    wanted = {m: (head, reg) for m, head, reg in ROWS}
+    wanted = {m: rest for m, *rest in ROWS}
     grid_cells = load_grid(args.grid, args.budget, ["jd-ner"], list(wanted))
     cells, _, _ = read_cells(args.results / args.budget / "jd-ner",
                              current_cells(grid_cells, args.results / args.budget).get("jd-ner", {}))
     chosen = {r["method"]: r for r in choose([c for c in cells if c["method"] in wanted])}
+    by_name = {c["cell"]: c for c in cells}
     rows = []
-    for method, head, reg in ROWS:
+    for method, head, reg, compare_with in ROWS:
         if method in chosen:
-            rows.append({**row_of(chosen[method], args.runs / args.budget / "jd-ner", args.min_support),
-                         "head_name": head, "regulariser": reg})
+            rows.append({**row_of(chosen[method], args.runs / args.budget / "jd-ner", args.min_support, by_name),
+                         "head_name": head, "regulariser": reg, "compare_with": compare_with})
     if not rows:
         print(f"no finished cells of {', '.join(wanted)} under {args.results / args.budget / 'jd-ner'}", file=sys.stderr)
         return 2
