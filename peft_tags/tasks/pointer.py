@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import is_int, log
+from . import distinct_names, is_int, log
 from .slots import TaggingCodec
 from .tagging import Tag, TaggingTask, _warn_cut
 
@@ -235,8 +235,7 @@ class PointerTask(TaggingTask):
 
     @classmethod
     def check_meta(cls, meta: dict, need, path) -> int:
-        need("types", lambda v: isinstance(v, list) and v and all(isinstance(x, str) and x for x in v)
-             and len(set(v)) == len(v), "a non-empty list of distinct span types")
+        need("types", lambda v: distinct_names(v) and bool(v), "a non-empty list of distinct span types")
         need("slots", lambda v: is_int(v, 1, 16), "an integer in [1, 16]")
         need("pointer_size", lambda v: is_int(v, 2) and v % 2 == 0, "an even integer >= 2")
         need("threshold", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v),
@@ -345,19 +344,21 @@ class PointerTask(TaggingTask):
     def score(self, split: str, predictions: list, examples, final: bool) -> dict:
         """Dev: the threshold is tuned on it (each evaluation, so model selection sees the tuned
         rule); every split is then scored with that threshold."""
+        def decoded(th: float) -> list[list]:
+            return [[s for s, _ in self.codec.spans(c, th, self.nested)] for c in predictions]
+
         if split == "dev":
             gold = [set(e.spans) for e in examples]
-            self.dev_by_threshold = {
-                th: micro_f1([{s for s, _ in self.codec.spans(c, th, self.nested)} for c in predictions], gold)
-                for th in GRID}
+            by_threshold = {th: decoded(th) for th in GRID}
+            self.dev_by_threshold = {th: micro_f1([set(p) for p in found], gold) for th, found in by_threshold.items()}
             best = max(self.dev_by_threshold.values())
             # the threshold nearest 0 (the loss's own boundary) among the best
             self.threshold = min((th for th, f in self.dev_by_threshold.items() if f == best), key=abs)
             if final:
                 log.info("global pointer: threshold %g tuned on dev (micro-F1 %.4f; at 0: %.4f)", self.threshold, best,
                          self.dev_by_threshold[0.0])
-        found = [[s for s, _ in self.codec.spans(c, self.threshold, self.nested)] for c in predictions]
-        return super().score(split, found, examples, final)
+            return super().score(split, by_threshold[self.threshold], examples, final)
+        return super().score(split, decoded(self.threshold), examples, final)
 
     def meta(self) -> dict:
         c = self.codec
