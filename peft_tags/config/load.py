@@ -2,7 +2,7 @@
 
 A recipe may name another as its ``base:`` (relative to the recipe's file): the base is read first
 (bases can have bases) and the recipe merged over it, mappings key by key and anything else
-replacing the base's value. Every file is read under the same caps, and each problem line names
+replacing the base's value; a ``method`` section that names another method replaces the base's. Every file is read under the same caps, and each problem line names
 the file and line where its key was written."""
 from __future__ import annotations
 
@@ -240,8 +240,17 @@ def _merged(files: Sequence[_File]) -> Any:
         return files[0].raw
     raw: Any = {}
     for f in reversed(files):  # the furthest base first, the recipe itself last
-        raw = _merge(raw, {k: v for k, v in f.raw.items() if k != "base"})
+        child = {k: v for k, v in f.raw.items() if k != "base"}
+        if _other_method(raw.get("method"), child.get("method")):
+            raw = {k: v for k, v in raw.items() if k != "method"}  # another method: none of the base's options apply
+        raw = _merge(raw, child)
     return raw
+
+
+def _other_method(base: Any, child: Any) -> bool:
+    """Whether a recipe's ``method`` names another method than its base's (then it replaces the
+    base's section whole instead of merging into it)."""
+    return isinstance(base, dict) and isinstance(child, dict) and "name" in child and child["name"] != base.get("name")
 
 
 def _origins(files: Sequence[_File], raw: Any) -> dict[str, tuple[str, int]]:
