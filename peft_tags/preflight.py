@@ -180,7 +180,7 @@ def check_training(recipe) -> None:
     """Keys that need more than their section: a dev split to stop early on, the tracker's package,
     a token to push with."""
     t = recipe.training
-    if t.early_stopping_patience is not None and recipe.data.dev is None:
+    if t.early_stopping_patience is not None and not recipe.data.has_dev:
         raise UserError("training.early_stopping_patience: early stopping watches the dev score, and data.dev is null; "
                         "set data.dev, or training.early_stopping_patience: null")
     check_tracker(t.log_with)
@@ -209,9 +209,12 @@ def check_model(recipe, backbone: str) -> None:
     """Apply the method to a weightless skeleton of the backbone: unknown target modules and a
     max_length past the positions fail here, the same way they would at the first step."""
     import torch
-    from transformers import AutoConfig, AutoModelForTokenClassification
+    from transformers import AutoConfig
 
-    from .model import apply_method, check_max_length, enable_gradient_checkpointing
+    from . import tasks
+    from .model import apply_method, auto_class, check_max_length, enable_gradient_checkpointing
+
+    kind = tasks.of_recipe(recipe).model_kind
 
     try:
         config = AutoConfig.from_pretrained(backbone, num_labels=4)
@@ -219,9 +222,11 @@ def check_model(recipe, backbone: str) -> None:
         raise UserError(f"backbone.name: cannot load the configuration of '{recipe.backbone.name}': {_first(e)}") from None
     try:
         with torch.device("meta"):
-            model = AutoModelForTokenClassification.from_config(config)
+            model = auto_class(kind).from_config(config)
     except (ValueError, KeyError) as e:
-        raise UserError(f"backbone.name: '{recipe.backbone.name}' has no token-classification model: {_first(e)}") from None
+        what = "causal language" if kind == "causal" else "token-classification"
+        raise UserError(f"backbone.name: '{recipe.backbone.name}' has no {what} model (task {recipe.task.type} needs "
+                        f"one): {_first(e)}") from None
     from . import methods
 
     if recipe.training.gradient_checkpointing and methods.get(recipe.method.name).saves == "head":
@@ -232,7 +237,7 @@ def check_model(recipe, backbone: str) -> None:
 
     if methods.get(recipe.method.name).saves == "adapter":
         try:
-            model = apply_method(model, recipe.method.name, recipe.method.options, total_steps=1000)
+            model = apply_method(model, recipe.method.name, recipe.method.options, total_steps=1000, kind=kind)
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - a method that cannot build on the meta device is checked at train time
@@ -265,14 +270,14 @@ def _first(e: Exception) -> str:
 def load_data(recipe) -> dict:
     """Every split of the recipe, read and checked (logging of the reads is held back)."""
     from . import tasks
-    from .data import read_split
+    from .data.splits import read_splits
 
     d = recipe.data
     data_log = logging.getLogger("peft_tags.data")
     before = data_log.level
     data_log.setLevel(logging.WARNING)
     try:
-        data = {split: read_split(d, split) for split in ("train", "dev", "test") if getattr(d, split) is not None}
+        data = read_splits(d)
     finally:
         data_log.setLevel(before)
     train = data["train"]

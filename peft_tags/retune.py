@@ -27,7 +27,7 @@ def retune(run: str | os.PathLike, overrides: list[str] = (), batch_size: int = 
     from . import tasks
     from .card import model_card
     from .config import dump_recipe, load_recipe
-    from .data import read_split
+    from .data.splits import read_splits
     from .predict import Tagger
     from .rundir import check_run_dir, read_json
 
@@ -49,17 +49,18 @@ def retune(run: str | os.PathLike, overrides: list[str] = (), batch_size: int = 
             raise UserError(f"'{item}': retune takes KEY=VALUE with KEY one of {', '.join(allowed)}")
     recipe = load_recipe(run / "recipe.yaml", list(overrides))
     d = recipe.data
-    if d.dev is None:
+    if not d.has_dev:
         raise UserError("data.dev: the decision rule is tuned on dev; give a dev file")
+    splits = read_splits(d)
 
     clf = Tagger.load(run)
     task = task_cls.for_codec(recipe, clf.codec)
     results = {}
     tick = time.perf_counter()
     for split in ("dev", "test"):  # dev first: it sets the thresholds test is decided by
-        if getattr(d, split) is None:
+        if split not in splits:
             continue
-        examples = read_split(d, split)
+        examples = splits[split]
         predictions = task.predict(clf.model, examples, clf.codec.encode([e.text for e in examples]), batch_size, clf.device)
         results[split] = task.score(split, predictions, examples, final=True)
     seconds = time.perf_counter() - tick

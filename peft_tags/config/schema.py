@@ -80,6 +80,9 @@ class DataSection:
                                          "null: main")
     fullwidth_to_halfwidth: bool = opt(True, "map full-width characters (ＡＢＣ１２３) to half-width before tokenizing")
     lowercase: bool = opt(False, "lowercase the text before tokenizing")
+    dev_from_train: float | None = opt(None, "a data set without a dev file: hold out this share (0 < x < 0.5) of the "
+                                             "training titles as dev, chosen by a hash of each title (the same titles "
+                                             "every run, duplicates together); null: none", gt=0, lt=0.5)
     max_train_examples: int | None = opt(None, "use only the first N training examples (> 0); null: all", gt=0)
     max_dev_examples: int | None = opt(None, "use only the first N dev examples (> 0); null: all", gt=0)
     max_test_examples: int | None = opt(None, "use only the first N test examples (> 0); null: all", gt=0)
@@ -89,12 +92,20 @@ class DataSection:
         for key in ("train", "dev", "test"):
             if getattr(self, key) is not None and not getattr(self, key).strip():
                 problems.append((key, "must not be empty (use null for none)"))
+        if self.dev_from_train is not None and self.dev is not None:
+            problems.append(("dev_from_train", f"holds dev out of data.train, and data.dev names a dev file "
+                                               f"('{self.dev}'); set one of them to null"))
         for key in ("dev", "test"):
             value = getattr(self, key)
             if value and value.strip() and Path(value) == Path(self.train):
                 problems.append((key, f"is the same {'split' if self.hub else 'file'} as data.train ('{self.train}'); "
                                       f"its scores would be training scores"))
         return problems + self._source_problems()
+
+    @property
+    def has_dev(self) -> bool:
+        """Whether the runs of this data have a dev split (a file, or held out of train)."""
+        return self.dev is not None or self.dev_from_train is not None
 
     def _source_problems(self) -> list[tuple[str, str]]:
         """The keys of the formats read through Hugging Face datasets (peft_tags.data.hf)."""

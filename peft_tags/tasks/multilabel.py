@@ -70,8 +70,9 @@ class MultiLabelTask(Task):
         problems = super().check_recipe(recipe)
         if problems:
             problems = [("data.format", problems[0][1] + " ({\"text\": ..., \"tags\": [...]} per line)")]
-        if not recipe.data.dev:
-            problems.append(("data.dev", "task multilabel tunes its decision thresholds on dev; give a dev file"))
+        if not recipe.data.has_dev:
+            problems.append(("data.dev", "task multilabel tunes its decision thresholds on dev; give a dev file (or "
+                                         "data.dev_from_train)"))
         return problems
 
     @classmethod
