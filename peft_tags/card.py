@@ -63,7 +63,7 @@ def model_card(recipe: Recipe, m: dict, meta: dict | None = None) -> str:
         "| | |", "|---|---|",
         f"| task | {tasks.of_recipe(recipe).card_line(recipe, m)} |",
         *([f"| type names | {', '.join(f'{k} {v}' for k, v in names.items())} |"]
-          if (names := (meta or {}).get("type_names")) else []),
+          if (names := {k: v for k, v in ((meta or {}).get("type_names") or {}).items() if k != v}) else []),
         f"| data | train `{recipe.data.train}`, dev `{recipe.data.dev}`, test `{recipe.data.test}` |",
         f"| trainable parameters | adapter {p['adapter']:,} + backbone {p['backbone']:,} + head {p['head']:,} = {p['trainable']:,} ({p['trainable_pct']}% of {p['all']:,}) |",
         f"| test micro P / R / F1 | {test.get('micro_precision', float('nan')):.4f} / {test.get('micro_recall', float('nan')):.4f} / {test.get('micro_f1', float('nan')):.4f} |",
@@ -99,6 +99,8 @@ def _stock_use(recipe: Recipe, meta: dict) -> list[str]:
     method = methods.get(recipe.method.name)
     task = tasks.of_recipe(recipe)
     base = original_id(recipe.backbone.name)
+    if task.model_kind == "causal":
+        return _stock_causal(recipe, method, base, meta)
     if method.saves == "model":
         return ["Stock transformers: `AutoModelForTokenClassification.from_pretrained('<this directory>/model')` "
                 "(label names in its config)."]
@@ -134,4 +136,33 @@ def _stock_use(recipe: Recipe, meta: dict) -> list[str]:
     if recipe.backbone.name != base and not base.startswith("/"):
         lines.append(f"`{recipe.backbone.name}` is peft-tags' offline copy of `{base}`; with the original weights "
                      "the outputs differ slightly from the trained ones (see `backbone.json`).")
+    return lines
+
+
+def _stock_causal(recipe: Recipe, method, base: str, meta: dict) -> list[str]:
+    """A generation run: a causal language model (with its adapter) and the prompt it was trained on."""
+    load = ("AutoModelForCausalLM.from_pretrained(run + '/model')" if method.saves == "model"
+            else "AutoPeftModelForCausalLM.from_pretrained(run)")
+    lines = [
+        f"Stock transformers and peft: the model is `{base}`" + (" (fine-tuned in full, in `model/`)"
+                                                              if method.saves == "model" else
+                                                              " with this adapter (`adapter_config.json`)")
+        + "; `hf/` holds its tokenizer. It answers the prompt made from `labels.json` (`instruction`, in the tokenizer's chat "
+        "template where `chat_template` is true) with `type: value; ...`:",
+        "",
+        "```python",
+        *(["from peft import AutoPeftModelForCausalLM"] if method.saves != "model" else
+          ["from transformers import AutoModelForCausalLM"]),
+        "from transformers import AutoTokenizer",
+        "run = '<this directory>'",
+        f"model = {load}",
+        "tokenizer = AutoTokenizer.from_pretrained(run + '/hf')",
+        "```",
+        "",
+        "peft-tags parses the answer and places each value in the title (`peft-tags predict`, "
+        "`peft_tags.predict.Tagger`).",
+    ]
+    if recipe.backbone.name != base and not base.startswith("/"):
+        lines.append(f"`{recipe.backbone.name}` is peft-tags' offline copy of `{base}` (de-quantised from a GGUF "
+                     "file; see `backbone.json`).")
     return lines

@@ -1,8 +1,9 @@
 """Export a trained run as one standalone transformers model, the adapter merged in.
 
 ``peft-tags export RUN DEST`` writes DEST as an output directory of method ``full``:
-``DEST/model`` is an ordinary ``*ForTokenClassification`` (tokenizer included) that needs
-neither peft nor peft_tags, and ``Tagger.load(DEST)`` tags with it like with RUN.
+``DEST/model`` is an ordinary ``*ForTokenClassification`` (a generation run: an ordinary
+``*ForCausalLM``; tokenizer included) that needs neither peft nor peft_tags, and
+``Tagger.load(DEST)`` tags with it like with RUN.
 
 A quantised backbone (QLoRA) is *de-quantised* first: its 4-bit or 8-bit weights are expanded
 to float32 and the adapter is merged into those, so the exported model computes what the
@@ -106,6 +107,7 @@ def merged_model(run_dir: Path):
 
     recipe, meta = check_run_dir(run_dir)
     method, b = recipe.method.name, recipe.backbone
+    kind = tasks.of_meta(meta).model_kind
     saves, why = methods.get(method).saves, methods.get(method).merge_refusal
     if why:
         raise UserError(f"{run_dir}: method '{method}' {why} and cannot be merged into the backbone; "
@@ -114,12 +116,12 @@ def merged_model(run_dir: Path):
     with torch.random.fork_rng(devices=[]):  # building models seeds torch; not the caller's RNG
         if saves == "model":
             with loading(run_dir / "model"):
-                model = build_token_classifier(str(run_dir / "model"), meta["num_outputs"], seed=0)
+                model = build_token_classifier(str(run_dir / "model"), meta["num_outputs"], seed=0, kind=kind)
         else:
-            model = build_token_classifier(backbone, meta["num_outputs"], seed=0)
+            model = build_token_classifier(backbone, meta["num_outputs"], seed=0, kind=kind)
         if b.quantization != "none":
             quantized = build_token_classifier(backbone, meta["num_outputs"], 0, b.quantization, b.double_quantization,
-                                               b.compute_dtype)
+                                               b.compute_dtype, kind=kind)
             weights = dequantized_linears(quantized)
             del quantized
             modules = dict(model.named_modules())
@@ -128,7 +130,8 @@ def merged_model(run_dir: Path):
                     modules[name].weight.copy_(w)
             log.info("de-quantised %d %s linear layers to float32", len(weights), b.quantization)
     model = attach_adapter(model, run_dir, method)
-    _load_head(model, run_dir / "head.safetensors", HEAD_NAME)
+    if kind == "token":
+        _load_head(model, run_dir / "head.safetensors", HEAD_NAME)
     if saves == "adapter":
         try:
             model = model.merge_and_unload()
@@ -161,6 +164,10 @@ def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False, forma
             raise UserError(f"--quantize: expected {' or '.join(QUANTIZE)}, got '{quantize}'")
     run_dir, dest = Path(run_dir), Path(dest)
     _, meta = check_run_dir(run_dir)
+    task = tasks.of_meta(meta)
+    if format == "onnx" and task.model_kind != "token":
+        raise UserError(f"--format onnx: a {task.name} run writes its answer token by token; export it with --format hf "
+                        "(a merged causal language model)")
     if dest.resolve() == run_dir.resolve() or run_dir.resolve().is_relative_to(dest.resolve()):
         raise UserError(f"{dest}: is (or holds) the run being exported; choose another directory")
     if os.path.lexists(dest) and not overwrite:
@@ -170,8 +177,7 @@ def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False, forma
         raise UserError(f"{dest}: no directory '{dest.parent}' to write into")
     model, recipe, backbone = merged_model(run_dir)
 
-    task = tasks.of_meta(meta)
-    for key, value in label_config(task, meta).items():  # names, not LABEL_<n>, in every tool
+    for key, value in (label_config(task, meta) if task.model_kind == "token" else {}).items():  # names, not LABEL_<n>
         setattr(model.config, key, value)
     with owned.Staged(dest, "export", replace=overwrite) as tmp:
         model.save_pretrained(str(tmp / "model"))
@@ -184,7 +190,8 @@ def export(run_dir: str | Path, dest: str | Path, overwrite: bool = False, forma
             from .onnxio import ONNX_FILE, export_onnx
 
             onnx_done = export_onnx(model, tokenizer, tmp / ONNX_FILE, quantize)
-        shutil.copy2(run_dir / "head.safetensors", tmp / "head.safetensors")
+        if (run_dir / "head.safetensors").is_file():
+            shutil.copy2(run_dir / "head.safetensors", tmp / "head.safetensors")
         shutil.copy2(run_dir / "labels.json", tmp / "labels.json")
         for name in ("metrics.json", "test_report.txt", "dev_report.txt"):
             if (run_dir / name).is_file():

@@ -71,9 +71,9 @@ def label_config(task, meta: dict) -> dict:
 
 def write_hf_dir(dest: Path, model, tokenizer, task, meta: dict) -> None:
     """``dest``: the config of ``model`` (the trained transformers model, without peft's wrapper)
-    with the run's label names, and the tokenizer."""
+    with the run's label names (a token classifier's), and the tokenizer."""
     config = model.config.__class__.from_dict(model.config.to_dict())
-    for key, value in label_config(task, meta).items():
+    for key, value in (label_config(task, meta) if task.model_kind == "token" else {}).items():
         setattr(config, key, value)
     config.architectures = [type(model).__name__]
     config.save_pretrained(str(dest))

@@ -41,26 +41,39 @@ def load_tokenizer(backbone_dir: str):
     return tok
 
 
+#: the models a task trains (``Task.model_kind``): a stock token classifier whose head is the
+#: task's, or a stock causal language model that writes its answer (no head of its own)
+KINDS = ("token", "causal")
+
+
+def auto_class(kind: str):
+    """The transformers auto class of a model kind."""
+    import transformers
+
+    return transformers.AutoModelForCausalLM if kind == "causal" else transformers.AutoModelForTokenClassification
+
+
+def peft_task_type(kind: str) -> str:
+    return "CAUSAL_LM" if kind == "causal" else "TOKEN_CLS"
+
+
 def build_token_classifier(backbone_dir: str, num_outputs: int, seed: int, quantization: str = "none",
                            double_quantization: bool = True, compute_dtype: str = "float32", device=None,
-                           gradient_checkpointing: bool = False):
-    """A stock ``AutoModelForTokenClassification`` with ``num_outputs`` logits per token.
+                           gradient_checkpointing: bool = False, kind: str = "token"):
+    """A stock ``AutoModelForTokenClassification`` with ``num_outputs`` logits per token (``kind``
+    causal: a stock ``AutoModelForCausalLM``, ``num_outputs`` unused).
 
     ``quantization`` (nf4, fp4, int8) loads the frozen backbone through bitsandbytes, onto
     ``device`` (default: the current GPU, else the CPU); the head stays in full precision.
     ``gradient_checkpointing``: see :func:`enable_gradient_checkpointing` (before a method wraps
     the model, as peft expects)."""
-    from transformers import AutoModelForTokenClassification
-
     torch.manual_seed(seed)  # the head's initialisation
-    kwargs = {}
+    kwargs = {} if kind == "causal" else {"num_labels": num_outputs}
     if quantization != "none":
-        kwargs = {"quantization_config": quantization_config(quantization, double_quantization, compute_dtype),
-                  "device_map": {"": _quantized_device(device)}}
+        kwargs.update({"quantization_config": quantization_config(quantization, double_quantization, compute_dtype, kind),
+                       "device_map": {"": _quantized_device(device)}})
     try:
-        model = AutoModelForTokenClassification.from_pretrained(
-            backbone_dir, num_labels=num_outputs, attn_implementation="sdpa", **kwargs
-        )
+        model = auto_class(kind).from_pretrained(backbone_dir, attn_implementation="sdpa", **kwargs)
     except (OSError, ValueError) as e:
         raise UserError(f"backbone.name: cannot load '{backbone_dir}': {_first_line(e)}") from None
     if quantization != "none":
@@ -117,14 +130,14 @@ def _quantized_device(device):
     return torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
 
 
-def quantization_config(quantization: str, double_quantization: bool, compute_dtype: str):
+def quantization_config(quantization: str, double_quantization: bool, compute_dtype: str, kind: str = "token"):
     import importlib.util
 
     if importlib.util.find_spec("bitsandbytes") is None:
         raise UserError("backbone.quantization: needs bitsandbytes (pip install 'peft-tags[quantization]')") from None
     from transformers import BitsAndBytesConfig
 
-    skip = [HEAD_NAME]  # the task head is trained in full precision
+    skip = [HEAD_NAME] if kind == "token" else ["lm_head"]  # the task head (the word output) stays in full precision
     if quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantization,
@@ -154,12 +167,13 @@ def token_logits(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     return logits[:, logits.shape[1] - input_ids.shape[1]:] if logits.shape[1] != input_ids.shape[1] else logits
 
 
-def apply_method(model, method_name: str, options, total_steps: int = 0):
+def apply_method(model, method_name: str, options, total_steps: int = 0, kind: str = "token"):
     from .methods import Context
 
     checkpointing = is_checkpointing(model)
+    ctx = Context(head_name=HEAD_NAME if kind == "token" else None, total_steps=total_steps, task_type=peft_task_type(kind))
     try:
-        model = methods.get(method_name).apply(model, options, Context(head_name=HEAD_NAME, total_steps=total_steps))
+        model = methods.get(method_name).apply(model, options, ctx)
     except ValueError as e:  # peft's prompt methods that pass a cache between layers refuse checkpointing
         if checkpointing and "checkpointing" in str(e):
             raise UserError(f"training.gradient_checkpointing: method '{method_name}' cannot train with it "

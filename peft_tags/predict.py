@@ -70,8 +70,9 @@ class Tagger:
         codec = task.codec_from_meta(load_tokenizer(backbone), meta)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         with torch.random.fork_rng(devices=[]):  # building a model seeds torch; not the caller's RNG
-            model = _build(out, recipe, backbone, codec.num_outputs, device)
-        _load_head(model, out / "head.safetensors", HEAD_NAME)
+            model = _build(out, recipe, backbone, codec.num_outputs, device, task.model_kind)
+        if task.model_kind == "token":
+            _load_head(model, out / "head.safetensors", HEAD_NAME)
         if recipe.backbone.quantization == "none":  # a quantised model is placed on the device as it loads
             model.to(device)
         model.eval()
@@ -91,7 +92,7 @@ class Tagger:
         return self.task.tag(self, titles, norm, batch_size, **options)
 
 
-def _build(out: Path, recipe, backbone: str, num_outputs: int, device=None):
+def _build(out: Path, recipe, backbone: str, num_outputs: int, device=None, kind: str = "token"):
     from .model import build_token_classifier
 
     from . import methods
@@ -99,9 +100,9 @@ def _build(out: Path, recipe, backbone: str, num_outputs: int, device=None):
     method, b = recipe.method.name, recipe.backbone
     if methods.get(method).saves == "model":  # the whole fine-tuned model
         with loading(out / "model"):
-            return build_token_classifier(str(out / "model"), num_outputs, seed=0)
+            return build_token_classifier(str(out / "model"), num_outputs, seed=0, kind=kind)
     model = build_token_classifier(backbone, num_outputs, 0, b.quantization, b.double_quantization, b.compute_dtype,
-                                   device=device)
+                                   device=device, kind=kind)
     return attach_adapter(model, out, method)
 
 

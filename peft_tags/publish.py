@@ -82,8 +82,9 @@ def publish(run, model, metrics: dict, reports: dict[str, str]) -> None:
             for key, value in hub.label_config(run.task, labels).items():
                 setattr(model.config, key, value)
             model.save_pretrained(str(tmp / "model"))
-        head = {k: v.detach().cpu().contiguous() for k, v in head_module(model, HEAD_NAME).state_dict().items()}
-        save_file(head, str(tmp / "head.safetensors"))
+        if run.task.model_kind == "token":  # a causal language model writes its answer with its own output layer
+            head = {k: v.detach().cpu().contiguous() for k, v in head_module(model, HEAD_NAME).state_dict().items()}
+            save_file(head, str(tmp / "head.safetensors"))
         (tmp / "labels.json").write_text(json.dumps(labels, ensure_ascii=False, indent=1), encoding="utf-8")
         dump_recipe(resolved, tmp / "recipe.yaml")
         owned.write_json_atomic(tmp / hub.BACKBONE_FILE, hub.backbone_record(run.recipe.backbone.name, run.pre.backbone))

@@ -19,7 +19,7 @@ from .hub import same_id
 from .statefile import tensor_shapes
 from .tasks import is_int, task_of
 
-OUTPUT_FILES = ("labels.json", "recipe.yaml", "head.safetensors")
+OUTPUT_FILES = ("labels.json", "recipe.yaml")  # and head.safetensors, for a task with a head
 #: what a method saves besides the head (``Method.saves``) -> the files that must be there
 SAVED_FILES = {"adapter": ("adapter_config.json", "adapter_model.safetensors"), "model": ("model/config.json",),
                "head": ()}
@@ -42,7 +42,7 @@ def check_run_dir(path: str | Path) -> tuple:
     except RecipeError as e:  # one line for the run, however many problems
         more = len(e.problems) - 1
         raise UserError(e.problems[0] + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")) from None
-    from . import methods
+    from . import methods, tasks
 
     method = recipe.method.name
     saves = methods.get(method).saves
@@ -56,8 +56,11 @@ def check_run_dir(path: str | Path) -> tuple:
                         f"task.type {recipe.task.type}")
     n = meta["num_outputs"]
     head = out / "head.safetensors"
-    shapes = tensor_shapes(head)
-    for name, rank in (("weight", 2), ("bias", 1)):
+    has_head = tasks.of_meta(meta).model_kind == "token"
+    if has_head and not head.is_file():
+        raise UserError(f"{out}: not a peft-tags output directory (missing head.safetensors)")
+    shapes = tensor_shapes(head) if has_head else {}
+    for name, rank in (("weight", 2), ("bias", 1)) if has_head else ():
         if name not in shapes or len(shapes[name]) != rank:
             raise UserError(f"{head}: expected a {rank}-d tensor '{name}' (holds {', '.join(shapes) or 'none'})")
         if shapes[name][0] != n:
@@ -144,7 +147,7 @@ def _check_labels(path: Path) -> dict:
         raise UserError(f"{path}: 'task' must be one of {', '.join(tasks.names())}, got {task!r}")
     expected = tasks.of_meta(meta).check_meta(meta, need, path)
     need("max_length", is_int, "an integer >= 1")
-    need("num_outputs", lambda v: is_int(v) and v == expected, f"{expected} (from the task's labels)")
+    need("num_outputs", lambda v: is_int(v, 0) and v == expected, f"{expected} (from the task's labels)")
     return meta
 
 

@@ -95,8 +95,9 @@ class TrainRun:
 
         r, t = self.recipe, self.recipe.training
         b = r.backbone
+        kind = self.task.model_kind
         model = build_token_classifier(backbone, self.task.num_outputs, t.seed, b.quantization, b.double_quantization,
-                                       b.compute_dtype, gradient_checkpointing=t.gradient_checkpointing)
+                                       b.compute_dtype, gradient_checkpointing=t.gradient_checkpointing, kind=kind)
         self.task.init_head(model, self.encoded["train"])
         self.method = methods.get(r.method.name)
         lengths = [len(e.input_ids) for e in self.encoded["train"]]
@@ -104,7 +105,7 @@ class TrainRun:
         # 3314 titles / 16 per batch = 208 batches, split over the processes; / grad_accum = optimizer steps
         self.steps_per_epoch = preflight.steps_per_epoch(r, len(lengths), self.acc.num_processes)
         self.total_steps = self.steps_per_epoch * t.epochs
-        model = apply_method(model, r.method.name, r.method.options, total_steps=self.total_steps)
+        model = apply_method(model, r.method.name, r.method.options, total_steps=self.total_steps, kind=kind)
         check_max_length(model, r.backbone.max_length)
         self.params = parameter_counts(model)
         p = self.params

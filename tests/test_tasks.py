@@ -39,7 +39,7 @@ def test_its_options_section_is_checked_by_the_generic_validator(tmp_path, tiny_
         load_recipe(_toy_recipe(tmp_path, tiny_backbone, toy_data, label_smoothing=1.5))
     with pytest.raises(UserError, match=r"unknown key 'task\.slots'"):  # another task's key
         load_recipe(_toy_recipe(tmp_path, tiny_backbone, toy_data, slots=4))
-    with pytest.raises(UserError, match=r"task\.type: must be one of tagging, multilabel, first-type; got 'first-typo' "
+    with pytest.raises(UserError, match=r"task\.type: must be one of tagging, multilabel, generation, first-type; got 'first-typo' "
                                         r"\(did you mean 'first-type'\?\)"):
         load_recipe(_toy_recipe(tmp_path, tiny_backbone, toy_data).with_name("r.yaml"), ["task.type=first-typo"])
 

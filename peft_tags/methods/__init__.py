@@ -20,8 +20,20 @@ from typing import Callable
 class Context:
     """What a method may need to know when it is applied."""
 
-    head_name: str  # the task head's module name; it trains with every method
+    head_name: str | None  # the task head's module name (it trains with every method); None: the task has no head
     total_steps: int = 0  # optimizer steps of the whole run (0: not training, e.g. loading)
+    task_type: str = "TOKEN_CLS"  # peft's task type of the model: TOKEN_CLS (a head per token) or CAUSAL_LM
+
+    def peft_fields(self, *extra_saved: str) -> dict:
+        """The fields of a peft config that the model decides: the head (and ``extra_saved``
+        modules) trained in full and saved, and, for a causal language model, its task type (so
+        that peft wraps it in its generating class)."""
+        saved = ([self.head_name] if self.head_name else []) + list(extra_saved)
+        return {"modules_to_save": saved or None, **({"task_type": self.task_type} if self.causal else {})}
+
+    @property
+    def causal(self) -> bool:
+        return self.task_type == "CAUSAL_LM"
 
 
 #: what a run of a method saves besides its head: peft adapter files, the whole model, or nothing

@@ -146,5 +146,5 @@ def _load_state(model, state: dict) -> None:
           on_step=_on_step, regularizer=_regularizer, state=_state, load_state=_load_state,
           check_steps=schedule)
 def apply(model, options, ctx: Context):
-    config = OPTIONS.config(options, **_schedule_fields(options, ctx.total_steps), modules_to_save=[ctx.head_name])
+    config = OPTIONS.config(options, **_schedule_fields(options, ctx.total_steps), **ctx.peft_fields())
     return get_peft_model(model, config)

@@ -33,11 +33,11 @@ __getattr__ = OPTIONS.module_getattr  # BottleneckOptions, the options dataclass
           merge_refusal="adds non-linear layers",
           card_note="`import peft_tags.tuners.bottleneck` first: it registers the BOTTLENECK peft type.")
 def apply(model, options, ctx: Context):
-    modules_to_save = [ctx.head_name] + (norm_layers(model, ctx.head_name) if options.layer_norms else [])
-    return get_peft_model(model, OPTIONS.config(options, modules_to_save=modules_to_save))
+    norms = norm_layers(model, ctx.head_name) if options.layer_norms else []
+    return get_peft_model(model, OPTIONS.config(options, **ctx.peft_fields(*norms)))
 
 
-def norm_layers(model, head_name: str) -> list[str]:
+def norm_layers(model, head_name: str | None) -> list[str]:
     """The full names of the backbone's normalisation layers (LayerNorm, RMSNorm), head excluded.
 
     Full names, because peft picks ``modules_to_save`` by name suffix: ``output.LayerNorm``

@@ -34,4 +34,4 @@ def apply(model, options: IA3Options, ctx: Context):
     ff = None if options.feedforward_modules is None else list(options.feedforward_modules)
     if targets is not None and ff is None:
         ff = []
-    return get_peft_model(model, IA3Config(target_modules=targets, feedforward_modules=ff, modules_to_save=[ctx.head_name]))
+    return get_peft_model(model, IA3Config(target_modules=targets, feedforward_modules=ff, **ctx.peft_fields()))

@@ -21,4 +21,4 @@ __getattr__ = OPTIONS.module_getattr  # LoraOptions, the options dataclass
 
 @register("lora", OPTIONS.cls, help="LoRA adapters (peft) on the chosen linear layers + trained head")
 def apply(model, options, ctx: Context):
-    return get_peft_model(model, OPTIONS.config(options, modules_to_save=[ctx.head_name]))
+    return get_peft_model(model, OPTIONS.config(options, **ctx.peft_fields()))

@@ -68,14 +68,13 @@ def _options(config_cls) -> PeftOptions:
     keys = {f.name: peft(f.name, type=Any) for f in dataclasses.fields(config_cls)
             if f.name not in MANAGED and f.init and not f.name.startswith("_")}
     return PeftOptions(f"{config_cls.__name__}Options", config_cls, __name__, keys,
-                       fixed=lambda options: _managed(config_cls, "classifier"))
+                       fixed=lambda options: _managed(config_cls, Context("classifier")))
 
 
-def _managed(config_cls, head_name: str) -> dict:
-    """The fields the runner sets: the task type of a prompt method, else the head to train and save."""
-    from peft import TaskType
-
-    extra = {"task_type": TaskType.TOKEN_CLS} if _is_prompt_learning(config_cls) else {"modules_to_save": [head_name]}
+def _managed(config_cls, ctx: Context) -> dict:
+    """The fields the runner sets: the task type of a prompt method, else the head to train and
+    save (and a causal language model's task type)."""
+    extra = {"task_type": ctx.task_type} if _is_prompt_learning(config_cls) else ctx.peft_fields()
     return {k: v for k, v in extra.items() if k in {f.name for f in dataclasses.fields(config_cls)}}
 
 
@@ -87,5 +86,5 @@ def _is_prompt_learning(config_cls) -> bool:
 
 def _apply(options: PeftOptions, model, values, ctx: Context):
     config_cls = options.config_class()
-    model = get_peft_model(model, options.config(values, **_managed(config_cls, ctx.head_name)))
+    model = get_peft_model(model, options.config(values, **_managed(config_cls, ctx)))
     return allow_disable_adapter(model) if _is_prompt_learning(config_cls) else model

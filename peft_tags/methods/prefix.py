@@ -1,4 +1,7 @@
-"""Prefix tuning for encoders: learned keys and values at every layer (P-tuning v2).
+"""Prefix tuning: learned keys and values at every layer (P-tuning v2).
+
+A causal language model (the generation task) takes peft's prefix tuning as it is: the
+prefixes enter as the generation cache. The rest of this module is for encoders.
 
 peft's prefix tuning hands its prefixes to the backbone as ``past_key_values``; encoders of
 transformers 5 (BERT, XLM-R, ...) no longer take them, and peft refuses. We keep peft's
@@ -107,10 +110,13 @@ def _forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kw
 
 
 def enable(peft_model):
-    """Route a peft prefix-tuning model's prefixes through our attention (in place; returns it)."""
+    """Route a peft prefix-tuning model's prefixes through our attention (in place; returns it).
+    A causal language model keeps peft's own route (its prefixes as the generation cache)."""
+    config = peft_model.peft_config[peft_model.active_adapter]
+    if str(getattr(config.task_type, "value", config.task_type)) == "CAUSAL_LM":
+        return peft_model
     _register_attention()
     base = peft_model.base_model
-    config = peft_model.peft_config[peft_model.active_adapter]
     layers = _attention_modules(base)
     if len(layers) != config.num_layers:
         raise UserError(f"method: prefix tuning found {len(layers)} self-attention modules in this backbone but it has "
@@ -129,7 +135,7 @@ def enable(peft_model):
 def apply(model, options: PrefixOptions, ctx: Context):
     from peft import PrefixTuningConfig, TaskType, get_peft_model
 
-    config = PrefixTuningConfig(task_type=TaskType.TOKEN_CLS, num_virtual_tokens=options.num_virtual_tokens,
+    config = PrefixTuningConfig(task_type=TaskType(ctx.task_type), num_virtual_tokens=options.num_virtual_tokens,
                                 prefix_projection=options.prefix_projection,
                                 encoder_hidden_size=options.encoder_hidden_size)
     model = get_peft_model(model, config)  # marks the head (classifier) trainable and saved

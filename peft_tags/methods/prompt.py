@@ -31,6 +31,6 @@ def apply(model, options: PromptOptions, ctx: Context):
     from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
     init = PromptTuningInit.SAMPLE_VOCAB if options.init == "vocab" else PromptTuningInit.RANDOM
-    config = PromptTuningConfig(task_type=TaskType.TOKEN_CLS, num_virtual_tokens=options.num_virtual_tokens,
+    config = PromptTuningConfig(task_type=TaskType(ctx.task_type), num_virtual_tokens=options.num_virtual_tokens,
                                 prompt_tuning_init=init)
     return allow_disable_adapter(get_peft_model(model, config))

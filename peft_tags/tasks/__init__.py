@@ -12,8 +12,10 @@ name:
   ``metrics.json``;
 - prediction side: rebuilding the codec from ``labels.json`` and tagging new titles.
 
-Registered: ``tagging`` (:mod:`.tagging`: character spans, span micro-F1) and ``multilabel``
-(:mod:`.multilabel`: tags from a vocabulary, tag micro-F1 with thresholds tuned on dev).
+Registered: ``tagging`` (:mod:`.tagging`: character spans, span micro-F1), ``multilabel``
+(:mod:`.multilabel`: tags from a vocabulary, tag micro-F1 with thresholds tuned on dev) and
+``generation`` (:mod:`.generation`: a causal language model writes the tags, (type, value)
+pair F1).
 Adding a task is one module and one line at the end of this file.
 
 This package stays free of torch at import: recipes are checked before anything heavy loads.
@@ -35,6 +37,9 @@ class Task:
     unit: str = "label"  # what a training example must hold at least one of ("span", "tag")
     help: str = ""
     pipeline_tag: str = ""  # the Hugging Face task of such a model (model card metadata); "" when none fits
+    #: the model it trains (peft_tags.model.KINDS): "token", a stock token classifier whose head
+    #: (``classifier``) is the task's; "causal", a stock causal language model, no head of its own
+    model_kind: str = "token"
     # From a zero bias the first updates push every title towards the most common answer ("O"
     # for tagging, "no tag" for multi-label), and at a short budget the encoder can settle there:
     # on jd-ner at 189 steps LoRA (2e-3) and Houlsby (3e-3) stayed at dev micro-F1 0.001 from a
@@ -251,4 +256,4 @@ def make_task(recipe, tokenizer, train_examples) -> Task:
     return of_recipe(recipe)(recipe, tokenizer, train_examples)
 
 
-from . import tagging, multilabel  # noqa: E402,F401  (registration)
+from . import tagging, multilabel, generation  # noqa: E402,F401  (registration)

@@ -263,9 +263,15 @@ class TaggingTask(Task):
         return [self.codec.decode(ex.text, enc, log_probs=lp) for ex, enc, lp in zip(examples, encoded, scores)]
 
     def score(self, split: str, predictions: list, examples, final: bool) -> dict:
+        """Span P/R/F1 (exact offsets), and the (type, value) pair scores of the same spans
+        (``pair_*``), the yardstick the generation task is scored on too."""
         from ..metrics import span_f1
+        from ..metrics.pairs import pair_f1
 
         result = span_f1(predictions, [e.spans for e in examples])
+        pairs = pair_f1([[(s.label, e.text[s.start:s.end]) for s in p] for e, p in zip(examples, predictions)],
+                        [[(s.label, e.text[s.start:s.end]) for s in e.spans] for e in examples])
+        result.update({f"pair_{k}": pairs[k] for k in ("micro_precision", "micro_recall", "micro_f1", "macro_f1")})
         names = getattr(self, "type_names", None)
         if names:  # the report's rows end with the type's name
             result["report"] = "\n".join(
