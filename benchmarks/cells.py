@@ -109,6 +109,20 @@ def saved_file(run: Path) -> tuple[str, int]:
     return "", 0
 
 
+def scores(m: dict, score: str) -> dict:
+    """``dev_micro_f1`` ... ``test_macro_f1`` of a run's metrics.json: its own F1, or with ``score``
+    pair its (type, value) pair F1 (``scores.<split>.pair_*``, which span and generation runs
+    both report), the own F1 then kept as ``<split>_own_micro_f1``."""
+    own = {k: m.get(k) for k in ("dev_micro_f1", "dev_macro_f1", "test_micro_f1", "test_macro_f1")}
+    if score != "pair":
+        return own
+    out = {f"{k.split('_', 1)[0]}_own_{k.split('_', 1)[1]}": v for k, v in own.items()}
+    for split in ("dev", "test"):
+        s = (m.get("scores") or {}).get(split) or {}
+        out.update({f"{split}_micro_f1": s.get("pair_micro_f1"), f"{split}_macro_f1": s.get("pair_macro_f1")})
+    return out
+
+
 def collect(cell: Cell, run: Path, fp: str, wall: float, prov: dict) -> dict:
     """The result file of a finished cell: its scores, parameters, speed, memory, saved file and provenance."""
     m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
@@ -124,7 +138,7 @@ def collect(cell: Cell, run: Path, fp: str, wall: float, prov: dict) -> dict:
         "recipe": cell.recipe or m.get("recipe"), "overrides": cell.overrides, "sweep": {cell.sweep_key: cell.sweep_value},
         "seed": seed, "fingerprint": fp,
         "command": shown_command(cell, run),
-        **{k: m.get(k) for k in ("dev_micro_f1", "dev_macro_f1", "test_micro_f1", "test_macro_f1")},
+        **scores(m, cell.score), "score": cell.score,
         "best_epoch": (m.get("best") or {}).get("epoch"), "history": m.get("history"),
         "parameters": m["parameters"],
         "train_seconds": m["train_seconds"], "wall_seconds": round(wall, 1),

@@ -51,6 +51,7 @@ class Cell:
     sweep_value: float
     stock: dict = field(default_factory=dict)
     seed: int | None = None    # None: the recipe's own seed (the stock recipe's: 42)
+    score: str = "own"         # tasks.<task>.score: which F1 the cell reports as its micro-F1
 
     @property
     def base_name(self) -> str:
@@ -91,6 +92,7 @@ def own_seed(cell: Cell) -> int:
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 SECTIONS = ("budgets", "tasks")
 STOCK_ROW = "stock-hf"  # the reference row's method name
+SCORES = ("own", "pair")  # tasks.<task>.score
 
 
 def _not_key_value(overrides: list[str] | None) -> list[tuple[str, str]]:
@@ -165,6 +167,9 @@ class Task:
 
     methods: dict = opt(help="method name -> Method")
     reference: dict | None = opt(None, "reference rows (see Reference)")
+    score: str = opt("own", "the F1 that picks rates and ranks rows: own (each run's micro-F1: exact spans for span "
+                            "tagging) or pair ((type, value) pairs, on which span taggers and generating models "
+                            "compare)", choices=SCORES)
 
     def check(self) -> list[tuple[str, str]]:
         return [("methods", "must map method names to their recipe and sweep, got null")] if self.methods is None else []
@@ -210,6 +215,7 @@ class _Row:
     values: list[float]
     overrides: list[str] = field(default_factory=list)  # the method's own, after the budget's
     stock: dict = field(default_factory=dict)           # the stock recipe's settings as written
+    score: str = "own"                                  # the task's score
 
 
 def _method_row(name: str, method: Method, where: str, problems: Problems) -> _Row | None:
@@ -270,6 +276,8 @@ def _check(raw, budget: str, problems: Problems) -> tuple[Budget | None, dict[st
             row = None if m is None else _method_row(method, m, f"{where}.methods.{method}", problems)
             if row is not None:
                 rows.append(row)
+        for row in rows:
+            row.score = task.score
     return budgets.get(budget), tasks
 
 
@@ -339,10 +347,11 @@ def load_grid(path: Path, budget: str, tasks: list[str] | None = None, methods: 
                     rounds.append([])
                 if row.recipe is None:
                     rounds[i].append(Cell(task, row.method, "stock", None, list(budget_overrides), row.key, v,
-                                          stock=dict(row.stock)))
+                                          stock=dict(row.stock), score=row.score))
                 else:
                     rounds[i].append(Cell(task, row.method, "recipe", row.recipe,
-                                          [*budget_overrides, *row.overrides, f"{row.key}={v!r}"], row.key, v))
+                                          [*budget_overrides, *row.overrides, f"{row.key}={v!r}"], row.key, v,
+                                          score=row.score))
     for m in methods or []:
         if m not in seen_methods:
             raise GridError(f"--method: no method '{m}' in the chosen tasks of {path}")

@@ -129,6 +129,9 @@ def markdown(task: str, budget: str, command: str, grid: dict, rows: list[dict],
              f"- Code: {_commits(cells)}. {p0['cpu']}, {p0['cores']} cores, {p0['threads']} threads"
              f"{', GPU ' + p0['gpu'] if p0.get('gpu') else ''}; torch {p0['torch']}, transformers {p0['transformers']}, "
              f"peft {p0['peft']}; {_when(cells)}, one cell at a time.",
+             *(["- F1 is (type, value) pair F1 (values normalised: NFKC, case folded, white space collapsed), on "
+                "which span taggers and generating models compare; a span tagger's exact-span F1 is in each cell's "
+                "JSON (`test_own_micro_f1`)."] if any(c.get("score") == "pair" for c in cells) else []),
              "- Trainable = adapter (full fine-tuning: backbone) + head parameters while training; % of all parameters of the model. "
              "Speed ratios are against the stock row of the same run.", "",
              "| method | swept value: dev micro-F1 | trainable (adapter + head) | % | test micro-F1 | test macro-F1 "

@@ -387,3 +387,23 @@ def test_progress_estimates_by_method_then_by_all():
 
 def test_short_float():
     assert [report.short_float(v) for v in (1e-3, 2.5e-4, 0.1, 3e-2, 1.0)] == ["1e-3", "2.5e-4", "1e-1", "3e-2", "1e0"]
+
+
+def test_a_pair_scored_task_reports_pair_f1_and_keeps_the_runs_own():
+    from benchmarks.cells import scores
+
+    m = {"dev_micro_f1": 0.61, "dev_macro_f1": 0.4, "test_micro_f1": 0.6, "test_macro_f1": 0.41,
+         "scores": {"dev": {"pair_micro_f1": 0.7, "pair_macro_f1": 0.5}, "test": {"pair_micro_f1": 0.68, "pair_macro_f1": 0.52}}}
+    assert scores(m, "own") == {"dev_micro_f1": 0.61, "dev_macro_f1": 0.4, "test_micro_f1": 0.6, "test_macro_f1": 0.41}
+    pair = scores(m, "pair")
+    assert (pair["dev_micro_f1"], pair["test_micro_f1"], pair["test_macro_f1"]) == (0.7, 0.68, 0.52)
+    assert (pair["test_own_micro_f1"], pair["dev_own_micro_f1"]) == (0.6, 0.61)
+
+
+def test_the_shipped_grid_scores_the_generation_tasks_by_pairs():
+    from benchmarks.grid import load_grid
+
+    cells = load_grid(REPO / "benchmarks" / "grid.yaml", "cpu", ["oa-mine", "jd-ner"])
+    assert {c.score for c in cells if c.task == "oa-mine"} == {"pair"}
+    assert {c.score for c in cells if c.task == "jd-ner"} == {"own"}
+    assert {c.method for c in cells if c.task == "oa-mine"} == {"tagger", "smollm2-lora", "smollm2-prefix"}

@@ -249,6 +249,7 @@ class GenerationTask(Task):
         n = max(len(predictions), 1)
         speed = self._last_speed
         result.update({
+            **{f"pair_{k}": result[k] for k in ("micro_precision", "micro_recall", "micro_f1", "macro_f1")},
             "unparsed": round(sum(not a.parsed for a in predictions) / n, 4),
             "cut_at_cap": round(sum(not a.ended for a in predictions) / n, 4),
             "values_not_in_title": sum(s is None for p in placed for _, _, s, _ in p),
