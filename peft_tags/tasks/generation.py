@@ -22,6 +22,7 @@ import numpy as np
 
 from ..config.validate import opt
 from . import Task, TaskOptions, distinct_names, is_int, log, register
+from .tagging import SPAN_FORMATS
 from .answers import (  # noqa: F401  (the answer side's names, importable from the task)
     IGNORE, KV, SEP, Answer, GenEncoded, GenerationCodec, answers, format_answer, generate, gold_pairs, locate,
     parse_answer)
@@ -77,7 +78,7 @@ class GenTag:
 class GenerationTask(Task):
     name = "generation"
     options_cls = GenerationOptions
-    formats = ("conll", "jsonl", "attribute-value", "hf-spans")
+    formats = SPAN_FORMATS
     unit = "span"
     help = "generated 'type: value' tags, scored by (type, value) pair F1"
     pipeline_tag = "text-generation"

@@ -19,6 +19,8 @@ from .slots import (  # noqa: F401  (the codec's names, importable from the task
 
 
 HEADS = ("bio", "global-pointer")
+#: the data formats that hold character spans (the tagging and generation tasks read them)
+SPAN_FORMATS = ("conll", "jsonl", "attribute-value", "hf-spans")
 
 
 @dataclass(kw_only=True)
@@ -113,7 +115,7 @@ def _warn_cut(codec: TaggingCodec, cut: int, n: int, every_s: float = 60.0) -> N
 class TaggingTask(Task):
     name = "tagging"
     options_cls = TaggingOptions
-    formats = ("conll", "jsonl", "attribute-value", "hf-spans")
+    formats = SPAN_FORMATS
     unit = "span"
     help = "character spans (BIO), scored by span micro-F1"
     pipeline_tag = "token-classification"
