@@ -24,8 +24,10 @@ def format_answer(pairs, names: dict[str, str]) -> str:
 
 def parse_answer(text: str, by_name: dict[str, str]) -> tuple[list[tuple[str, str]], bool]:
     """(type, value) pairs of an answer and whether all of it parsed. ``by_name``: written name ->
-    type. An item without ``: ``, with a name that is no type's, or with an empty value is
-    dropped and makes the answer count as unparsed; an empty answer is no tags, parsed."""
+    type. Items are split at ``;`` and each at its first ``:`` (so a value may hold a colon, not a
+    semicolon); white space around both is dropped. An item without a colon, with a name that
+    is no type's, or with an empty value is dropped and makes the answer count as unparsed; an
+    empty answer is no tags, parsed."""
     text = text.strip()
     if not text:
         return [], True
