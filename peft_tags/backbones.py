@@ -358,7 +358,8 @@ def sources_hash(sources: list[Path]) -> str:
     return hashlib.sha256("".join(sha256(p) for p in sources).encode()).hexdigest()[:16]
 
 
-def _cached_conversion(name: str, alias: Alias, sources: list[Path], cache_dir: Path) -> Path:
+def _cached_conversion(name: str, alias: Alias, sources: Path | list[Path], cache_dir: Path) -> Path:
+    sources = sources if isinstance(sources, list) else [sources]
     source = sources[0] if len(sources) == 1 else sources
     target = cache_dir / f"{name}-{sources_hash(sources)}"
     if (target / "config.json").is_file() and (target / ".complete").is_file():
