@@ -98,6 +98,7 @@ def test_the_loss_covers_the_answer_and_its_end_token_only(tiny_causal_lm):
     prompt = codec.tokenizer.decode(enc.input_ids[: enc.prompt_len].tolist())
     assert prompt.startswith("<|im_start|>user\nTags of: 华为黑色手机壳") and prompt.endswith("assistant\n")
     assert gold_pairs(ex, ["16"]) == [("16", "黑色")]
+    assert gold_pairs(ex, None) == [("1", "华为"), ("16", "黑色"), ("4", "手机壳")]  # task.types null: every type
 
 
 def test_a_long_title_is_shortened_to_fit_and_a_prompt_that_cannot_fit_is_one_line(tiny_causal_lm):

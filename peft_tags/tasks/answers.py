@@ -129,9 +129,9 @@ class GenerationCodec:
 
 
 def gold_pairs(example, types) -> list[tuple[str, str]]:
-    """The (type, value) pairs of an example's spans of ``types``, in title order."""
-    keep = set(types)
-    return [(s.label, example.text[s.start:s.end]) for s in sorted(example.spans) if s.label in keep]
+    """The (type, value) pairs of an example's spans of ``types`` (None: of every type), in title order."""
+    keep = None if types is None else set(types)
+    return [(s.label, example.text[s.start:s.end]) for s in sorted(example.spans) if keep is None or s.label in keep]
 
 
 def generate(model, codec: GenerationCodec, prompts: list[list[int]], batch_size: int, device) -> tuple[list, dict]:

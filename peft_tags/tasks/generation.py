@@ -241,12 +241,14 @@ class GenerationTask(Task):
         from ..metrics import span_f1
         from ..metrics.pairs import pair_f1
 
-        gold = [gold_pairs(e, self.codec.types) for e in examples]
+        # with task.types null the run answers for every type and is scored on every gold pair, as a span
+        # tagger is (pairs of types unseen in train count as missed); else on the types it was given
+        scored = self.recipe.task.types or None
+        gold = [gold_pairs(e, scored) for e in examples]
         result = pair_f1([a.pairs for a in predictions], gold)
         placed = [locate(e.text, a.pairs) for e, a in zip(examples, predictions)]
-        keep = set(self.codec.types)
         spans = span_f1([[Span(s, e, t) for t, _, s, e in p if s is not None] for p in placed],
-                        [[s for s in ex.spans if s.label in keep] for ex in examples])
+                        [[s for s in ex.spans if scored is None or s.label in scored] for ex in examples])
         n = max(len(predictions), 1)
         speed = self._last_speed
         result.update({
