@@ -218,9 +218,11 @@ def convert_gguf(source: Path | list[Path], out_dir: Path, expected_sha256: str 
     if importlib.util.find_spec("gguf") is None:
         raise UserError("backbone: reading a GGUF model needs the gguf package: pip install 'peft-tags[llm]'")
     parts = source if isinstance(source, list) else [source]
-    if len(parts) > 1:  # transformers reads one file: join the chunks beside the output
-        joined = out_dir / (parts[0].name.split(".part")[0] if ".part" in parts[0].name else "model.gguf")
-        with open(joined, "wb") as f:
+    made = len(parts) > 1
+    if made:  # transformers reads one file: join the chunks into a new file of our own beside the output
+        fd, name = tempfile.mkstemp(prefix=".joined-", suffix=".gguf", dir=out_dir)
+        joined = Path(name)
+        with os.fdopen(fd, "wb") as f:
             for part in parts:
                 with open(part, "rb") as chunk:
                     shutil.copyfileobj(chunk, f, 1 << 24)
@@ -234,7 +236,7 @@ def convert_gguf(source: Path | list[Path], out_dir: Path, expected_sha256: str 
         tokenizer = AutoTokenizer.from_pretrained(str(joined.parent), **kwargs)
         model = AutoModelForCausalLM.from_pretrained(str(joined.parent), dtype=torch.float32, **kwargs)
     finally:
-        if joined not in parts:
+        if made:  # only the file made above; a single source is the package's own and stays
             joined.unlink(missing_ok=True)
     # the weights are de-quantised already; the GGUF marker would only stop save_pretrained
     model.hf_quantizer = None
