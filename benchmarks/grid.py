@@ -2,7 +2,8 @@
 
 The file has two sections, each a mapping of names to settings:
 
-- ``budgets.<name>``: :class:`Budget`, the overrides every cell of the budget takes;
+- ``budgets.<name>``: :class:`Budget`, the overrides every cell of the budget takes (and a
+  task's ``budgets.<name>``, its own after them);
 - ``tasks.<name>``: :class:`Task`, the task's ``methods`` (``<name>``: :class:`Method`, a recipe
   and a learning-rate sweep) and an optional ``reference`` (:class:`Reference`: the stock
   Hugging Face recipe as :class:`StockReference`).
@@ -170,9 +171,22 @@ class Task:
     score: str = opt("own", "the F1 that picks rates and ranks rows: own (each run's micro-F1: exact spans for span "
                             "tagging) or pair ((type, value) pairs, on which span taggers and generating models "
                             "compare)", choices=SCORES)
+    budgets: dict | None = opt(None, "budget name -> key=value overrides of this task's cells after the budget's own "
+                                     "(a task whose models train slower takes fewer titles), e.g. "
+                                     "{cpu: [data.max_train_examples=400]}")
 
     def check(self) -> list[tuple[str, str]]:
-        return [("methods", "must map method names to their recipe and sweep, got null")] if self.methods is None else []
+        problems = [("methods", "must map method names to their recipe and sweep, got null")] if self.methods is None else []
+        if self.budgets is None:
+            return problems
+        if not isinstance(self.budgets, dict):
+            return problems + [("budgets", f"must map budget names to lists of key=value overrides, got {show(self.budgets)}")]
+        for name, overrides in self.budgets.items():
+            if not isinstance(overrides, list):
+                problems.append((f"budgets.{name}", f"a list of key=value overrides, got {show(overrides)}"))
+            else:
+                problems += [(f"budgets.{name}", why) for _, why in _not_key_value(overrides)]
+        return problems
 
 
 def _not_positive(value) -> str | None:
@@ -216,6 +230,7 @@ class _Row:
     overrides: list[str] = field(default_factory=list)  # the method's own, after the budget's
     stock: dict = field(default_factory=dict)           # the stock recipe's settings as written
     score: str = "own"                                  # the task's score
+    budgets: dict = field(default_factory=dict)         # the task's own overrides per budget
 
 
 def _method_row(name: str, method: Method, where: str, problems: Problems) -> _Row | None:
@@ -276,8 +291,12 @@ def _check(raw, budget: str, problems: Problems) -> tuple[Budget | None, dict[st
             row = None if m is None else _method_row(method, m, f"{where}.methods.{method}", problems)
             if row is not None:
                 rows.append(row)
+        for unknown in set(task.budgets or {}) - set(defined if isinstance(defined, dict) else {}):
+            problems.add(f"{where}.budgets.{unknown}", f"{where}.budgets.{unknown}: no such budget "
+                                                       f"(defined: {', '.join(map(str, defined or {})) or 'none'})")
         for row in rows:
             row.score = task.score
+            row.budgets = dict(task.budgets or {})
     return budgets.get(budget), tasks
 
 
@@ -310,9 +329,15 @@ def _read(path: Path) -> tuple[str, object]:
         raise GridError(f"{path}{f':{mark.line + 1}' if mark else ''}: not valid YAML ({yaml_problem(e)})") from None
 
 
-def budget_settings(path: Path, budget: str) -> dict:
-    """The budget's settings as written in the grid file (for the reports)."""
-    return yaml_load(path.read_text(encoding="utf-8"))["budgets"][budget] or {}
+def budget_settings(path: Path, budget: str, task: str | None = None) -> dict:
+    """The budget's settings as written in the grid file (for the reports); with ``task``, its
+    overrides are the budget's then the task's own (``tasks.<task>.budgets.<budget>``)."""
+    raw = yaml_load(path.read_text(encoding="utf-8"))
+    settings = dict(raw["budgets"][budget] or {})
+    own = (((raw.get("tasks") or {}).get(task) or {}).get("budgets") or {}).get(budget) if task else None
+    if own:
+        settings["overrides"] = [*(settings.get("overrides") or []), *own]
+    return settings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,15 +367,16 @@ def load_grid(path: Path, budget: str, tasks: list[str] | None = None, methods: 
             if methods and row.method not in methods:
                 continue
             seen_methods.add(row.method)
+            mine = [*budget_overrides, *row.budgets.get(budget, [])]
             for i, v in enumerate(row.values if chosen.sweep else row.values[:1]):
                 while len(rounds) <= i:
                     rounds.append([])
                 if row.recipe is None:
-                    rounds[i].append(Cell(task, row.method, "stock", None, list(budget_overrides), row.key, v,
+                    rounds[i].append(Cell(task, row.method, "stock", None, list(mine), row.key, v,
                                           stock=dict(row.stock), score=row.score))
                 else:
                     rounds[i].append(Cell(task, row.method, "recipe", row.recipe,
-                                          [*budget_overrides, *row.overrides, f"{row.key}={v!r}"], row.key, v,
+                                          [*mine, *row.overrides, f"{row.key}={v!r}"], row.key, v,
                                           score=row.score))
     for m in methods or []:
         if m not in seen_methods:

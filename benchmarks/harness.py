@@ -287,8 +287,8 @@ def _main(args) -> int:
                                           "fingerprint": fp, "code": code, "error": err, "exit_code": rc, "provenance": prov})
                 failed.append(c)
                 progress.say(f"    FAILED (exit {rc}): {err}  [log: {out.with_name(out.name + '.log')}]")
-    settings = budget_settings(args.grid, args.budget)
     for task in sorted(current):
+        settings = budget_settings(args.grid, args.budget, task)
         for p in write_reports(results / task, task=task, budget=args.budget, command=command, grid=settings,
                                current=current[task]):
             print(f"wrote {p}")

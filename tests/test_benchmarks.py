@@ -249,6 +249,12 @@ def test_the_shipped_grid_names_real_recipes_for_every_budget():
      "a value is listed twice"),
     ("budgets: {cpu: {}}\ntasks: {t: {methods: {m: {recipe: recipes/jd-ner/lora.yaml, sweep: {training.nope: [1.0e-3]}}}}}\n",
      "training.nope"),
+    ("budgets: {cpu: {}}\ntasks:\n  t:\n    budgets: {cpu: [epochs]}\n    methods: {}\n",
+     "grid.yaml:4: tasks.t.budgets.cpu: 'epochs' is not key=value"),
+    ("budgets: {cpu: {}}\ntasks:\n  t:\n    budgets: {gpu: [training.epochs=1]}\n    methods: {}\n",
+     "tasks.t.budgets.gpu: no such budget (defined: cpu)"),
+    ("budgets: {cpu: {}}\ntasks:\n  t:\n    budgets: [cpu]\n    methods: {}\n",
+     "tasks.t.budgets: must map budget names to lists of key=value overrides"),
     ("budgets: [cpu\n", "grid.yaml:2: not valid YAML"),
     ("budgets: [cpu]\ntasks: {t: {methods: {}}}\n", "grid.yaml:1: budgets: must map budget names"),
     ("budgets: {cpu: {}}\ntasks: {t: {reference: [stock], methods: {}}}\n", "grid.yaml:2: tasks.t.reference: expected a mapping of keys, got ['stock']"),
@@ -407,3 +413,30 @@ def test_the_shipped_grid_scores_the_generation_tasks_by_pairs():
     assert {c.score for c in cells if c.task == "oa-mine"} == {"pair"}
     assert {c.score for c in cells if c.task == "jd-ner"} == {"own"}
     assert {c.method for c in cells if c.task == "oa-mine"} == {"tagger", "smollm2-lora", "smollm2-prefix"}
+
+
+def test_a_task_s_own_budget_overrides_come_after_the_budget_s(tmp_path, tiny_backbone, toy_data):
+    from benchmarks.grid import budget_settings
+
+    lora = write_recipe(tmp_path / "lora.yaml", tiny_backbone, toy_data, tmp_path / "o")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"""
+budgets:
+  cpu: {{overrides: [training.epochs=2, data.max_train_examples=96]}}
+  full: {{overrides: []}}
+tasks:
+  slow:
+    budgets: {{cpu: [data.max_train_examples=40, data.subset=spread]}}
+    methods: {{lora: {{recipe: {lora}, sweep: {{training.lr: [1.0e-3]}}}}}}
+  fast:
+    methods: {{lora: {{recipe: {lora}, sweep: {{training.lr: [1.0e-3]}}}}}}
+""", encoding="utf-8")
+    cells = {c.task: c for c in load_grid(grid, "cpu")}
+    assert cells["slow"].overrides == ["training.epochs=2", "data.max_train_examples=96", "data.max_train_examples=40",
+                                       "data.subset=spread", "training.lr=0.001"]
+    assert cells["fast"].overrides == ["training.epochs=2", "data.max_train_examples=96", "training.lr=0.001"]
+    assert [c.overrides for c in load_grid(grid, "full", ["slow"])] == [["training.lr=0.001"]]
+    assert fingerprint(cells["slow"]) != fingerprint(cells["fast"])  # the overrides are part of what a cell trained
+    # the report names every override a task's cells took
+    assert budget_settings(grid, "cpu", "slow")["overrides"][-1] == "data.subset=spread"
+    assert budget_settings(grid, "cpu", "fast")["overrides"] == ["training.epochs=2", "data.max_train_examples=96"]

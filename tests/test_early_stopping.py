@@ -58,6 +58,7 @@ def test_early_stopping_needs_a_dev_split(tmp_path, tiny_backbone, toy_data, cap
         load_recipe(recipe, ["training.early_stopping_patience=0"])
 
 
+@pytest.mark.slow  # 42 s; test_a_run_resumed_after_it_stopped_trains_no_further stays in the default run
 def test_a_resumed_run_stops_where_an_uninterrupted_one_does(tmp_path, tiny_backbone, toy_data):
     """Killed in epoch 3 after two evaluations (one without improvement), resumed from the
     checkpoint of step 24: the patience count comes back with the loop state, so the resumed run

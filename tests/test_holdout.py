@@ -53,3 +53,37 @@ def test_a_share_that_holds_out_nothing_is_one_line(tmp_path, tiny_backbone, toy
     path = _recipe(tmp_path, tiny_backbone, toy_data, "  dev_from_train: 0.0001\n")
     with pytest.raises(UserError, match="data.dev_from_train: 0.0001 of the 160 training titles leaves no dev title"):
         read_splits(load_recipe(path).data)
+
+
+def test_spread_takes_n_evenly_spaced_examples_in_order():
+    from peft_tags.data import spread_subset
+
+    assert spread_subset(list(range(10)), 5) == [0, 2, 4, 6, 8]
+    assert spread_subset(list(range(10)), 3) == [0, 3, 6]
+    assert spread_subset(list(range(4)), 9) == [0, 1, 2, 3]
+    assert spread_subset(list(range(7)), 1) == [0]
+
+
+def test_data_subset_spread_gives_every_category_of_a_sorted_file_its_share(tmp_path):
+    import json
+
+    from peft_tags.config import load_recipe
+    from peft_tags.data.splits import read_splits
+
+    # a file sorted by category, as OA-Mine's is: the first N titles would all be one category
+    rows = [{"input": f"{cat} item {i} red", "category": cat, "target_scores": {"Color": {"red": 1}}}
+            for cat in ("Coffee", "Shoes", "Tea", "Vitamin") for i in range(30)]
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""backbone: {{name: me5-small}}
+task: {{type: tagging}}
+data: {{format: attribute-value, root: {tmp_path / 'd'}, train: train.jsonl, max_train_examples: 20}}
+method: {{name: lora}}
+output: {{dir: {tmp_path / 'out'}}}
+""", encoding="utf-8")
+    first = read_splits(load_recipe(recipe).data)["train"]
+    spread = read_splits(load_recipe(recipe, ["data.subset=spread"]).data)["train"]
+    assert len(first) == len(spread) == 20
+    assert {e.text.split()[0] for e in first} == {"Coffee"}
+    assert sorted(e.text.split()[0] for e in spread) == ["Coffee"] * 5 + ["Shoes"] * 5 + ["Tea"] * 5 + ["Vitamin"] * 5

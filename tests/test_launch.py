@@ -57,6 +57,7 @@ def test_accelerate_launch_flags_start_two_processes_and_the_recipe_precision_wi
     assert "precision no: as the recipe asks (training.mixed_precision), not accelerate launch's fp16" in done.stderr
 
 
+@pytest.mark.slow  # 21 s; the launch flags test starts two processes in the default run
 def test_an_accelerate_config_file_sets_processes_and_precision(tmp_path, tiny_backbone, toy_data):
     # bf16 autocast on a CPU without native bf16 is slow, but the toy model is tiny
     config = _config(tmp_path / "accelerate.yaml", distributed_type="MULTI_GPU", num_processes=2,
@@ -68,6 +69,7 @@ def test_an_accelerate_config_file_sets_processes_and_precision(tmp_path, tiny_b
     assert "precision bf16: from accelerate launch (ACCELERATE_MIXED_PRECISION=bf16" in done.stderr
 
 
+@pytest.mark.slow  # 19 s; as above
 def test_torchrun_starts_two_processes_on_cpus(tmp_path, tiny_backbone, toy_data):
     done, m = _train(tmp_path, TORCHRUN, tiny_backbone=tiny_backbone, toy_data=toy_data)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -116,7 +116,7 @@ ADALORA = {"init_r": 6, "target_r": 2, "target_modules": ["query", "value"], "bu
            "allocate_every": 1}
 
 
-@pytest.mark.parametrize("method", ["lora", "adalora"])
+@pytest.mark.parametrize("method", ["lora", pytest.param("adalora", marks=pytest.mark.slow)])  # 40 s each
 def test_resume_after_a_crash_ends_like_an_uninterrupted_run(method, tmp_path, tiny_backbone, toy_data):
     """Crash at step 7 (checkpoints every 3 steps), resume, compare with a straight run.
 

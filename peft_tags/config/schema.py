@@ -83,9 +83,12 @@ class DataSection:
     dev_from_train: float | None = opt(None, "a data set without a dev file: hold out this share (0 < x < 0.5) of the "
                                              "training titles as dev, chosen by a hash of each title (the same titles "
                                              "every run, duplicates together); null: none", gt=0, lt=0.5)
-    max_train_examples: int | None = opt(None, "use only the first N training examples (> 0); null: all", gt=0)
-    max_dev_examples: int | None = opt(None, "use only the first N dev examples (> 0); null: all", gt=0)
-    max_test_examples: int | None = opt(None, "use only the first N test examples (> 0); null: all", gt=0)
+    max_train_examples: int | None = opt(None, "use only N training examples (> 0, see data.subset); null: all", gt=0)
+    max_dev_examples: int | None = opt(None, "use only N dev examples (> 0, see data.subset); null: all", gt=0)
+    max_test_examples: int | None = opt(None, "use only N test examples (> 0, see data.subset); null: all", gt=0)
+    subset: str = opt("first", "which N examples the max_*_examples keys keep: first (the first N of the file) or "
+                               "spread (N spread evenly over it: a file sorted by category gives each its share)",
+                      choices=("first", "spread"))
 
     def check(self) -> list[tuple[str, str]]:
         problems = []

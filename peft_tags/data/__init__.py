@@ -370,8 +370,19 @@ def read_split(d, split: str) -> list:
         source = hf.HubSplit(d.hub, getattr(d, split), d.hub_config, d.hub_revision, key=f"data.{split}")
     else:
         source = resolve_data_path(getattr(d, split), d.root, key=f"data.{split}")
-    return read_examples(source, d.format, fullwidth_to_halfwidth=d.fullwidth_to_halfwidth, lowercase=d.lowercase,
-                         max_examples=getattr(d, f"max_{split}_examples"), columns=d.columns)
+    cap = getattr(d, f"max_{split}_examples")
+    spread = cap is not None and getattr(d, "subset", "first") == "spread"
+    examples = read_examples(source, d.format, fullwidth_to_halfwidth=d.fullwidth_to_halfwidth, lowercase=d.lowercase,
+                             max_examples=None if spread else cap, columns=d.columns)
+    return spread_subset(examples, cap) if spread else examples
+
+
+def spread_subset(examples: list, n: int) -> list:
+    """``n`` of ``examples`` spread evenly over the list, in their order: the i-th kept one is the
+    one at ``floor(i * len / n)``. All of them when there are no more than ``n``."""
+    if len(examples) <= n:
+        return list(examples)
+    return [examples[i * len(examples) // n] for i in range(n)]
 
 
 from . import hf, spans, tags  # noqa: E402,F401  (registration of the formats)
