@@ -167,8 +167,30 @@ def test_each_method_lowers_the_answer_loss_and_generates(tiny_causal_lm, method
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < 0.92 * losses[0], losses
-    out, _ = generate(model, codec, [codec.prompt_ids(e.text)[0] for e in ex], 2, torch.device("cpu"))
-    assert len(out) == 2 and all(isinstance(text, str) for text, _ in out)
+    model.eval()
+    prompts = [codec.prompt_ids(t)[0] for t in (ex[0].text, ex[1].text, "白色")]  # three lengths: left padding
+    out, _ = generate(model, codec, prompts, 3, torch.device("cpu"))
+    # decoding follows the model that was trained: each answer is what greedy steps of the model's own
+    # forward pass (the one training used, learned prefix or prompt included) write, one title at a time
+    assert [text for text, _ in out] == [_greedy_by_forward(model, codec, p) for p in prompts]
+
+
+def _greedy_by_forward(model, codec, prompt: list[int]) -> str:
+    """The greedy answer to ``prompt`` by full forward passes, without a cache or padding."""
+    import torch
+
+    from peft_tags.model import token_logits
+
+    ids, new = list(prompt), []
+    with torch.no_grad():
+        for _ in range(codec.max_new_tokens):
+            t = torch.tensor([ids])
+            nxt = int(token_logits(model(input_ids=t, attention_mask=torch.ones_like(t)).logits, t)[0, -1].argmax())
+            if nxt == codec.eos_id:
+                break
+            new.append(nxt)
+            ids.append(nxt)
+    return codec.tokenizer.decode(new, skip_special_tokens=True)
 
 
 # ----------------------------------------------------------------------------- recipes

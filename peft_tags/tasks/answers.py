@@ -134,6 +134,37 @@ def gold_pairs(example, types) -> list[tuple[str, str]]:
     return [(s.label, example.text[s.start:s.end]) for s in sorted(example.spans) if keep is None or s.label in keep]
 
 
+def _decoder_inputs(model, ids, mask, codec: GenerationCodec):
+    """(the model to call generate on, its inputs, how many leading output positions are not new
+    tokens). A peft prompt-learning model is decoded through its base model, given the learned
+    prompt as training gives it: peft's own generate hands prefix tuning's cache and prompt
+    tuning's embeddings to the model under a name that newer transformers ignore, so the model
+    would decode as if untuned. Real tokens sit at the positions training gave them, after the
+    virtual ones (positions follow the attention mask, whose virtual part is all ones)."""
+    import torch
+
+    width = ids.shape[1]
+    config = getattr(model, "active_peft_config", None)
+    if config is None or not getattr(config, "is_prompt_learning", False):
+        return model, {"input_ids": ids, "attention_mask": mask}, width
+    from peft import PeftType
+
+    base, n, rows = model.get_base_model(), config.num_virtual_tokens, ids.shape[0]
+    beams = max(codec.num_beams, 1)
+    if config.peft_type == PeftType.PREFIX_TUNING:
+        # the prefix is the cache of n positions; placeholder ids stand for them (generate feeds only
+        # the ids past the cache), and each of a row's beams gets the same prefix
+        full = torch.cat([torch.full((rows, n), codec.pad_id, dtype=ids.dtype, device=ids.device), ids], dim=1)
+        wide = torch.cat([torch.ones((rows, n), dtype=mask.dtype, device=mask.device), mask], dim=1)
+        return base, {"input_ids": full, "attention_mask": wide, "cache": model.get_prompt(rows * beams)}, n + width
+    if config.peft_type == PeftType.PROMPT_TUNING:
+        embeds = base.get_input_embeddings()(ids)
+        prompt = model.get_prompt(rows).to(embeds.dtype)
+        wide = torch.cat([torch.ones((rows, n), dtype=mask.dtype, device=mask.device), mask], dim=1)
+        return base, {"inputs_embeds": torch.cat([prompt, embeds], dim=1), "attention_mask": wide}, 0
+    return model, {"input_ids": ids, "attention_mask": mask}, width
+
+
 def generate(model, codec: GenerationCodec, prompts: list[list[int]], batch_size: int, device) -> tuple[list, dict]:
     """Decode an answer for each prompt (greedy, or beams): [(text, ended)] in the prompts'
     order, ended False where the cap cut it; and the speed {titles, new_tokens, seconds}.
@@ -157,7 +188,8 @@ def generate(model, codec: GenerationCodec, prompts: list[list[int]], batch_size
                 ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
                 mask[row, width - len(prompts[i]):] = 1
             ids, mask = ids.to(device), mask.to(device)
-            generated = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, width:]
+            runner, inputs, skip = _decoder_inputs(model, ids, mask, codec)
+            generated = runner.generate(**inputs, generation_config=config)[:, skip:]
             for row, i in enumerate(idx):
                 seq = generated[row].tolist()
                 ended = codec.eos_id in seq
