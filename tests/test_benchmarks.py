@@ -412,7 +412,7 @@ def test_the_shipped_grid_scores_the_generation_tasks_by_pairs():
     cells = load_grid(REPO / "benchmarks" / "grid.yaml", "cpu", ["oa-mine", "jd-ner"])
     assert {c.score for c in cells if c.task == "oa-mine"} == {"pair"}
     assert {c.score for c in cells if c.task == "jd-ner"} == {"own"}
-    assert {c.method for c in cells if c.task == "oa-mine"} == {"tagger", "smollm2-lora", "smollm2-prefix"}
+    assert {c.method for c in cells if c.task == "oa-mine"} == {"tagger", "tagger-6ep", "smollm2-lora", "smollm2-prefix"}
 
 
 def test_a_task_s_own_budget_overrides_come_after_the_budget_s(tmp_path, tiny_backbone, toy_data):
