@@ -194,7 +194,7 @@ def label_offsets(rows: list[dict], height_pt: float = 300.0, near_decades: floa
     return [offsets[i] for i in range(len(rows))]
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
+def plot(rows: list[dict], path: Path, title: str, metric: str = "test micro-F1") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -213,7 +213,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
             linewidth=1.2, label="Pareto front", zorder=2)
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (adapter + head, log scale)")
-    ax.set_ylabel("test micro-F1 (learning rate chosen on dev)")
+    ax.set_ylabel(f"{metric} (learning rate chosen on dev)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
@@ -242,7 +242,8 @@ def write_reports(task_dir: Path, *, task: str, budget: str, command: str, grid:
     tmp = base.with_name(f".{task}.md.tmp")
     tmp.write_text(markdown(task, budget, command, grid, rows, cells, failed, excluded), encoding="utf-8")
     tmp.replace(outputs[1])
-    plot(rows, outputs[2], f"{task}, budget {budget}: test micro-F1 against trainable parameters")
+    metric = "test pair F1" if any(c.get("score") == "pair" for c in cells) else "test micro-F1"
+    plot(rows, outputs[2], f"{task}, budget {budget}: {metric} against trainable parameters", metric)
     return outputs
 
 
