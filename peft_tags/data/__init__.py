@@ -371,7 +371,7 @@ def read_split(d, split: str) -> list:
     else:
         source = resolve_data_path(getattr(d, split), d.root, key=f"data.{split}")
     cap = getattr(d, f"max_{split}_examples")
-    spread = cap is not None and getattr(d, "subset", "first") == "spread"
+    spread = cap is not None and d.subset == "spread"
     examples = read_examples(source, d.format, fullwidth_to_halfwidth=d.fullwidth_to_halfwidth, lowercase=d.lowercase,
                              max_examples=None if spread else cap, columns=d.columns)
     return spread_subset(examples, cap) if spread else examples

@@ -143,26 +143,22 @@ def _decoder_inputs(model, ids, mask, codec: GenerationCodec):
     virtual ones (positions follow the attention mask, whose virtual part is all ones)."""
     import torch
 
-    width = ids.shape[1]
-    config = getattr(model, "active_peft_config", None)
-    if config is None or not getattr(config, "is_prompt_learning", False):
-        return model, {"input_ids": ids, "attention_mask": mask}, width
     from peft import PeftType
 
+    config = getattr(model, "active_peft_config", None)
+    if getattr(config, "peft_type", None) not in (PeftType.PREFIX_TUNING, PeftType.PROMPT_TUNING):
+        return model, {"input_ids": ids, "attention_mask": mask}, ids.shape[1]
     base, n, rows = model.get_base_model(), config.num_virtual_tokens, ids.shape[0]
-    beams = max(codec.num_beams, 1)
+    wide = torch.cat([torch.ones((rows, n), dtype=mask.dtype, device=mask.device), mask], dim=1)
     if config.peft_type == PeftType.PREFIX_TUNING:
         # the prefix is the cache of n positions; placeholder ids stand for them (generate feeds only
         # the ids past the cache), and each of a row's beams gets the same prefix
         full = torch.cat([torch.full((rows, n), codec.pad_id, dtype=ids.dtype, device=ids.device), ids], dim=1)
-        wide = torch.cat([torch.ones((rows, n), dtype=mask.dtype, device=mask.device), mask], dim=1)
-        return base, {"input_ids": full, "attention_mask": wide, "cache": model.get_prompt(rows * beams)}, n + width
-    if config.peft_type == PeftType.PROMPT_TUNING:
-        embeds = base.get_input_embeddings()(ids)
-        prompt = model.get_prompt(rows).to(embeds.dtype)
-        wide = torch.cat([torch.ones((rows, n), dtype=mask.dtype, device=mask.device), mask], dim=1)
-        return base, {"inputs_embeds": torch.cat([prompt, embeds], dim=1), "attention_mask": wide}, 0
-    return model, {"input_ids": ids, "attention_mask": mask}, width
+        cache = model.get_prompt(rows * max(codec.num_beams, 1))
+        return base, {"input_ids": full, "attention_mask": wide, "cache": cache}, n + ids.shape[1]
+    embeds = base.get_input_embeddings()(ids)
+    prompt = model.get_prompt(rows).to(embeds.dtype)
+    return base, {"inputs_embeds": torch.cat([prompt, embeds], dim=1), "attention_mask": wide}, 0
 
 
 def generate(model, codec: GenerationCodec, prompts: list[list[int]], batch_size: int, device) -> tuple[list, dict]:
