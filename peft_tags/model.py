@@ -167,11 +167,12 @@ def token_logits(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     return logits[:, logits.shape[1] - input_ids.shape[1]:] if logits.shape[1] != input_ids.shape[1] else logits
 
 
-def apply_method(model, method_name: str, options, total_steps: int = 0, kind: str = "token"):
+def apply_method(model, method_name: str, options, total_steps: int = 0, kind: str = "token", tokenizer=None):
     from .methods import Context
 
     checkpointing = is_checkpointing(model)
-    ctx = Context(head_name=HEAD_NAME if kind == "token" else None, total_steps=total_steps, task_type=peft_task_type(kind))
+    ctx = Context(head_name=HEAD_NAME if kind == "token" else None, total_steps=total_steps, task_type=peft_task_type(kind),
+                  tokenizer=tokenizer)
     try:
         model = methods.get(method_name).apply(model, options, ctx)
     except ValueError as e:  # peft's prompt methods that pass a cache between layers refuse checkpointing

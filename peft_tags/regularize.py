@@ -15,6 +15,8 @@ Both work with any method and task; each costs about one more forward and backwa
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 
@@ -47,6 +49,11 @@ class StepLoss:
         self.alpha, self.epsilon = training.rdrop_alpha, training.fgm_epsilon
         self.unwrapped = acc.unwrap_model(model)
         self.hook = _EmbeddingPerturbation(self.unwrapped.get_input_embeddings()) if self.epsilon else None
+        base = self.unwrapped.get_base_model() if hasattr(self.unwrapped, "get_base_model") else self.unwrapped
+        self.accepted = set(inspect.signature(base.forward).parameters)
+
+    def _options(self, batch: dict) -> dict:
+        return {k: v for k, v in self.task.forward_options(batch).items() if k in self.accepted}
 
     def close(self) -> None:
         if self.hook is not None:
@@ -55,9 +62,10 @@ class StepLoss:
 
     def _forward(self, batch: dict):
         ids, mask = batch["input_ids"], batch["attention_mask"]
+        options = self._options(batch)
         if not self.alpha:
-            return self.task.loss(self.model(input_ids=ids, attention_mask=mask).logits, batch)
-        logits = self.model(input_ids=torch.cat([ids, ids]), attention_mask=torch.cat([mask, mask])).logits
+            return self.task.loss(self.model(input_ids=ids, attention_mask=mask, **options).logits, batch)
+        logits = self.model(input_ids=torch.cat([ids, ids]), attention_mask=torch.cat([mask, mask]), **options).logits
         a, b = logits.chunk(2)
         return (self.task.loss(a, batch) + self.task.loss(b, batch)) / 2 + self.alpha * self.task.divergence(a, b, batch)
 
@@ -85,8 +93,8 @@ class StepLoss:
         hook.r = (self.epsilon * g / norm[:, None, None]).detach()
         hook.mode, hook.delta = "attack", None
         try:
-            adversarial = self.task.loss(self.model(input_ids=batch["input_ids"],
-                                                    attention_mask=batch["attention_mask"]).logits, batch)
+            adversarial = self.task.loss(self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                                    **self._options(batch)).logits, batch)
         finally:
             hook.mode, hook.r = None, None
         acc.backward(adversarial)

@@ -64,6 +64,7 @@ class TrainRun:
             self.finished = True
             return
         backbone, tokenizer, self.data = pre.backbone, pre.tokenizer, pre.data
+        self.tokenizer = tokenizer
         if main:
             self._prepare_work_dir()
         precision, why = choose_precision(t.mixed_precision)
@@ -105,7 +106,8 @@ class TrainRun:
         # 3314 titles / 16 per batch = 208 batches, split over the processes; / grad_accum = optimizer steps
         self.steps_per_epoch = preflight.steps_per_epoch(r, len(lengths), self.acc.num_processes)
         self.total_steps = self.steps_per_epoch * t.epochs
-        model = apply_method(model, r.method.name, r.method.options, total_steps=self.total_steps, kind=kind)
+        model = apply_method(model, r.method.name, r.method.options, total_steps=self.total_steps, kind=kind,
+                             tokenizer=self.tokenizer)
         check_max_length(model, r.backbone.max_length)
         self.params = parameter_counts(model)
         p = self.params

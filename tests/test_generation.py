@@ -157,11 +157,21 @@ def test_each_method_lowers_the_answer_loss_and_generates(tiny_causal_lm, method
     ex = [Example("华为黑色手机壳", [Span(0, 2, "1"), Span(2, 4, "16"), Span(4, 7, "4")], "x:1"),
           Example("得力白色支架", [Span(0, 2, "1"), Span(2, 4, "16"), Span(4, 6, "4")], "x:2")]
     batch = task.collate(codec.encode([e.text for e in ex], ex), codec.pad_id)
+    # training reads the logits of the answer positions only, and its loss is the full forward pass's
+    keep = task.forward_options(batch)["logits_to_keep"]
+    first = int((batch["labels"] != IGNORE).float().argmax(dim=1).min())
+    assert keep == batch["input_ids"].shape[1] - first + 1 < batch["input_ids"].shape[1]
+    with torch.no_grad():
+        kept = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert kept.shape[1] == keep
+    assert torch.allclose(task.loss(kept, batch), task.loss(full, batch), atol=1e-5)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-1)
     model.train()
     losses = []
     for _ in range(30):
-        loss = task.loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch)
+        loss = task.loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               logits_to_keep=keep).logits, batch)
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -173,6 +183,97 @@ def test_each_method_lowers_the_answer_loss_and_generates(tiny_causal_lm, method
     # decoding follows the model that was trained: each answer is what greedy steps of the model's own
     # forward pass (the one training used, learned prefix or prompt included) write, one title at a time
     assert [text for text, _ in out] == [_greedy_by_forward(model, codec, p) for p in prompts]
+
+
+def test_a_training_step_scores_only_the_answer_positions_with_the_full_passs_gradient(tiny_causal_lm):
+    import torch
+    from accelerate import Accelerator
+
+    from peft_tags import methods
+    from peft_tags.config.schema import TrainingSection
+    from peft_tags.model import apply_method, build_token_classifier
+    from peft_tags.regularize import StepLoss
+    from peft_tags.tasks.generation import GenerationTask
+
+    codec = _codec(tiny_causal_lm)
+    opts = methods.get("lora").options_cls(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    model = apply_method(build_token_classifier(str(tiny_causal_lm), 0, 0, kind="causal"), "lora", opts,
+                         total_steps=4, kind="causal")
+    model.eval()
+    task = GenerationTask.__new__(GenerationTask)
+    task.codec = codec
+    ex = [Example("华为黑色手机壳", [Span(0, 2, "1"), Span(2, 4, "16"), Span(4, 7, "4")], "x:1"),
+          Example("得力白色支架大号", [Span(0, 2, "1"), Span(2, 4, "16")], "x:2")]
+    batch = task.collate(codec.encode([e.text for e in ex], ex), codec.pad_id)
+    widths = []
+    hook = model.get_base_model().lm_head.register_forward_hook(lambda m, args, out: widths.append(args[0].shape[1]))
+    training = TrainingSection()
+    step = StepLoss(Accelerator(cpu=True), model, task, training)
+    loss = step(batch)
+    kept = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    task.forward_options = lambda b: {"logits_to_keep": 0, "not_an_argument": 1}  # 0: every position; unknown: dropped
+    full = StepLoss(Accelerator(cpu=True), model, task, training)(batch)
+    hook.remove()
+    assert widths == [GenerationTask.forward_options(task, batch)["logits_to_keep"], batch["input_ids"].shape[1]]
+    assert widths[0] < widths[1]
+    assert float(loss) == pytest.approx(float(full), rel=1e-5)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, kept[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("init", ["text", "vocab"])
+def test_a_prefix_started_from_tokens_reads_the_title_as_the_model_does_after_those_tokens(tiny_causal_lm, init,
+                                                                                         monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from peft_tags import methods
+    from peft_tags.model import apply_method, build_token_classifier
+
+    tok = AutoTokenizer.from_pretrained(tiny_causal_lm)
+    options = methods.get("prefix").options_cls(num_virtual_tokens=7, init=init,
+                                                init_text="tags:" if init == "text" else None)
+    drawn, randint = [], torch.randint
+    monkeypatch.setattr(torch, "randint", lambda *a, **k: drawn.append(randint(*a, **k)) or drawn[-1])
+    model = apply_method(build_token_classifier(str(tiny_causal_lm), 0, 0, kind="causal"), "prefix", options,
+                         total_steps=4, kind="causal", tokenizer=tok)
+    if init == "text":  # 5 byte tokens, repeated to the prefix's 7
+        ids = (tok("tags:", add_special_tokens=False)["input_ids"] * 2)[:7]
+    else:  # the vocabulary ids it drew
+        assert len(drawn) == 1 and drawn[0].shape == (7,)
+        ids = drawn[0].tolist()
+    title = torch.tensor([tok("华为手机壳", add_special_tokens=False)["input_ids"]])
+    model.eval()
+    plain = AutoModelForCausalLM.from_pretrained(tiny_causal_lm).eval()
+    with torch.no_grad():
+        prefixed = model(input_ids=title, attention_mask=torch.ones_like(title)).logits
+        after = plain(input_ids=torch.cat([torch.tensor([ids]), title], 1)).logits[:, 7:]
+        random_start = methods.get("prefix").options_cls(num_virtual_tokens=7)
+        other = apply_method(build_token_classifier(str(tiny_causal_lm), 0, 0, kind="causal"), "prefix", random_start,
+                             total_steps=4, kind="causal").eval()
+        unlike = other(input_ids=title, attention_mask=torch.ones_like(title)).logits
+    torch.testing.assert_close(prefixed, after, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(unlike, after, atol=1e-2)  # peft's random start is not that
+
+
+def test_prefix_init_options_are_checked_in_one_line(tmp_path, tiny_causal_lm, tiny_backbone, toy_data):
+    from peft_tags import methods
+    from peft_tags.model import apply_method, build_token_classifier
+
+    cls = methods.get("prefix").options_cls
+    assert cls(init="text").check() == [("init_text", "init: text needs the text whose keys and values start the prefix")]
+    assert cls(init_text="x").check() == [("init_text", "is read only with init: text (init is random)")]
+    assert cls(init="vocab", prefix_projection=True).check()[0][0] == "init"
+    with pytest.raises(UserError, match="method.init_text: 9 tokens for a prefix of num_virtual_tokens 4"):
+        from transformers import AutoTokenizer
+
+        apply_method(build_token_classifier(str(tiny_causal_lm), 0, 0, kind="causal"), "prefix",
+                     cls(num_virtual_tokens=4, init="text", init_text="too long!"), kind="causal",
+                     tokenizer=AutoTokenizer.from_pretrained(tiny_causal_lm))
+    with pytest.raises(UserError, match="method.init: vocab starts the prefix from a causal language model"):
+        apply_method(build_token_classifier(str(tiny_backbone), 3, 0), "prefix", cls(init="vocab"))
 
 
 def _greedy_by_forward(model, codec, prompt: list[int]) -> str:
@@ -228,6 +329,21 @@ def test_task_types_must_occur_in_train(tmp_path, tiny_causal_lm, toy_data):
 
     path = _gen_recipe(tmp_path, tiny_causal_lm, toy_data, types=["1", "99"])
     assert main(["train", str(path)]) != 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_prefix_init_text_longer_than_the_prefix_is_one_line_and_no_output(tmp_path, tiny_causal_lm, toy_data, capsys):
+    from peft_tags.cli import main
+
+    path = _gen_recipe(tmp_path, tiny_causal_lm, toy_data)
+    text = "".join(line for line in path.read_text().splitlines(True) if not line.startswith(("  r:", "  alpha:", "  target_")))
+    path.write_text(text.replace("  name: lora\n", "  name: prefix\n  num_virtual_tokens: 4\n  init: text\n"
+                                                    "  init_text: a longer text\n"))
+    assert main(["validate", str(path)]) == 0  # the tokens are counted when the model is built
+    capsys.readouterr()
+    assert main(["train", str(path)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: method.init_text: 13 tokens for a prefix of num_virtual_tokens 4"), err
     assert not (tmp_path / "out").exists()
 
 

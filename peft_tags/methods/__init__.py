@@ -23,6 +23,7 @@ class Context:
     head_name: str | None  # the task head's module name (it trains with every method); None: the task has no head
     total_steps: int = 0  # optimizer steps of the whole run (0: not training, e.g. loading)
     task_type: str = "TOKEN_CLS"  # peft's task type of the model: TOKEN_CLS (a head per token) or CAUSAL_LM
+    tokenizer: object = None  # the backbone's tokenizer, where the caller has it (None: checking a skeleton)
 
     def peft_fields(self, *extra_saved: str) -> dict:
         """The fields of a peft config that the model decides: the head (and ``extra_saved``

@@ -1,7 +1,11 @@
 """Prefix tuning: learned keys and values at every layer (P-tuning v2).
 
 A causal language model (the generation task) takes peft's prefix tuning as it is: the
-prefixes enter as the generation cache. The rest of this module is for encoders.
+prefixes enter as the generation cache. Its prefix may start from the keys and values the
+frozen model computes for real tokens (``init: text`` or ``vocab``), as the prefix-tuning paper
+found best with little data (Li and Liang, 2021, section 7.2): the model then starts out
+reading the title as if that text came before the prompt, instead of behind random keys and
+values of the wrong scale. The rest of this module is for encoders.
 
 peft's prefix tuning hands its prefixes to the backbone as ``past_key_values``; encoders of
 transformers 5 (BERT, XLM-R, ...) no longer take them, and peft refuses. We keep peft's
@@ -24,6 +28,7 @@ from . import Context, register
 from ._common import allow_disable_adapter
 
 ATTENTION = "peft_tags_prefix"
+INITS = ("random", "text", "vocab")
 _PREFIX: contextvars.ContextVar = contextvars.ContextVar("peft_tags_prefix", default=None)
 
 
@@ -33,6 +38,11 @@ class PrefixOptions:
     prefix_projection: bool = field(default=False, metadata={
         "help": "reparameterise the prefixes through a two-layer MLP while training (peft's prefix_projection)"})
     encoder_hidden_size: int = field(default=512, metadata={"help": "hidden size of that MLP"})
+    init: str = field(default="random", metadata={
+        "help": "how the prefix starts: random (peft's), text (the keys and values the frozen model computes for "
+                "init_text, repeated to the prefix's length) or vocab (those of randomly drawn vocabulary tokens); "
+                "text and vocab need a causal language model (task generation)", "choices": INITS})
+    init_text: str | None = field(default=None, metadata={"help": "the text of init: text"})
 
     def check(self) -> list[tuple[str, str]]:
         problems = []
@@ -40,6 +50,13 @@ class PrefixOptions:
             problems.append(("num_virtual_tokens", f"must be a positive integer, got {self.num_virtual_tokens}"))
         if self.encoder_hidden_size < 1:
             problems.append(("encoder_hidden_size", f"must be a positive integer, got {self.encoder_hidden_size}"))
+        if self.init == "text" and not (self.init_text or "").strip():
+            problems.append(("init_text", "init: text needs the text whose keys and values start the prefix"))
+        if self.init != "text" and self.init_text is not None:
+            problems.append(("init_text", f"is read only with init: text (init is {self.init})"))
+        if self.init != "random" and self.prefix_projection:
+            problems.append(("init", f"{self.init} sets the prefix itself, which prefix_projection computes through "
+                                     "an MLP; use one or the other"))
         return problems
 
 
@@ -135,8 +152,66 @@ def enable(peft_model):
 def apply(model, options: PrefixOptions, ctx: Context):
     from peft import PrefixTuningConfig, TaskType, get_peft_model
 
+    if options.init != "random" and not ctx.causal:
+        raise UserError(f"method.init: {options.init} starts the prefix from a causal language model's own keys and "
+                        "values (task generation); an encoder's prefix starts random")
     config = PrefixTuningConfig(task_type=TaskType(ctx.task_type), num_virtual_tokens=options.num_virtual_tokens,
                                 prefix_projection=options.prefix_projection,
                                 encoder_hidden_size=options.encoder_hidden_size)
     model = get_peft_model(model, config)  # marks the head (classifier) trainable and saved
+    if options.init != "random" and not any(p.is_meta for p in model.parameters()):  # not a skeleton being checked
+        init_from_tokens(model, _init_ids(model, options, ctx.tokenizer))
     return enable(model)
+
+
+def _init_ids(peft_model, options: PrefixOptions, tokenizer) -> list[int]:
+    """The token ids whose keys and values start the prefix: init_text's, repeated to the
+    prefix's length, or randomly drawn vocabulary ids (torch's generator: the run's seed)."""
+    import torch
+
+    n = options.num_virtual_tokens
+    if options.init == "vocab":
+        vocab = peft_model.get_base_model().get_input_embeddings().weight.shape[0]
+        return torch.randint(0, vocab, (n,)).tolist()
+    if tokenizer is None:
+        raise ValueError("init: text needs the backbone's tokenizer")
+    ids = tokenizer(options.init_text, add_special_tokens=False)["input_ids"]
+    if not ids or len(ids) > n:
+        raise UserError(f"method.init_text: {len(ids)} tokens for a prefix of num_virtual_tokens {n}; "
+                        "shorten the text or lengthen the prefix")
+    return (ids * (n // len(ids) + 1))[:n]
+
+
+def init_from_tokens(peft_model, ids: list[int]) -> None:
+    """Set a causal language model's prefix (peft's prefix encoder, no projection) to the keys
+    and values the frozen model computes at every layer for ``ids`` at positions 0..n-1, where
+    the prefix sits: the model then reads what follows as it reads it after those tokens."""
+    import torch
+
+    name = peft_model.active_adapter
+    config = peft_model.peft_config[name]
+    embedding = peft_model.prompt_encoder[name].embedding
+    if len(ids) != config.num_virtual_tokens or config.prefix_projection:
+        raise ValueError("one id per virtual token, and a prefix without projection")
+    base = peft_model.get_base_model()
+    device = embedding.weight.device
+    was_training = base.training
+    base.eval()
+    try:
+        with torch.no_grad():
+            out = base(input_ids=torch.tensor([ids], device=device), use_cache=True)
+    finally:
+        base.train(was_training)
+    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    layers = [(layer.keys, layer.values) for layer in cache.layers]
+    if len(layers) != config.num_layers:
+        raise ValueError(f"the model's cache has {len(layers)} layers, the prefix {config.num_layers}")
+    # peft reads the embedding [n, layers x 2 x kv_heads x head_dim] as past key values: view it as
+    # [n, layers x 2, kv_heads, head_dim] and move the token axis to the front of each head's part
+    states = torch.stack([torch.stack([k[0], v[0]]) for k, v in layers])  # [layers, 2, kv_heads, n, head_dim]
+    weight = states.permute(3, 0, 1, 2, 4).reshape(len(ids), -1)
+    if weight.shape != embedding.weight.shape:
+        raise ValueError(f"keys and values of shape {tuple(weight.shape)} do not fit the prefix "
+                         f"{tuple(embedding.weight.shape)}")
+    with torch.no_grad():
+        embedding.weight.copy_(weight.to(embedding.weight.dtype))

@@ -187,6 +187,12 @@ class Task:
     def loss(self, logits, batch: dict):
         raise NotImplementedError
 
+    def forward_options(self, batch: dict) -> dict:
+        """Extra keyword arguments of training's forward pass over ``batch`` (for example the
+        positions whose logits the loss reads); a key the model's forward does not take is
+        dropped, so :meth:`loss` must also accept the full output."""
+        return {}
+
     def divergence(self, logits_a, logits_b, batch: dict):
         """R-Drop (``training.rdrop_alpha``): the symmetric KL divergence between the task's output
         distributions of two passes over ``batch`` (a scalar tensor)."""

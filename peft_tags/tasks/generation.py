@@ -217,14 +217,26 @@ class GenerationTask(Task):
             mask[row, :n] = 1
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
+    def forward_options(self, batch: dict) -> dict:
+        """Logits only from the position before the batch's earliest answer token on: the prompt's
+        own logits are never scored, and with a large vocabulary (Gemma's 262k) the output layer
+        is most of a forward pass."""
+        labels = batch["labels"]
+        answer = (labels != IGNORE).float().argmax(dim=1)  # each row's first answer position
+        return {"logits_to_keep": int(labels.shape[1] - int(answer.min()) + 1)}
+
     def loss(self, logits, batch: dict):
-        """Cross-entropy of each answer token given everything before it (mean over answer tokens)."""
+        """Cross-entropy of each answer token given everything before it (mean over answer tokens).
+        ``logits`` cover the last positions of the batch (all of them, or those that
+        :meth:`forward_options` kept)."""
         import torch
 
         from ..model import token_logits
 
-        logits = token_logits(logits, batch["input_ids"])
-        target = batch["labels"][:, 1:]
+        width = batch["input_ids"].shape[1]
+        if logits.shape[1] > width:  # a prompt method's virtual positions come first
+            logits = token_logits(logits, batch["input_ids"])
+        target = batch["labels"][:, width - logits.shape[1] + 1:]
         return torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
                                                  target.reshape(-1), ignore_index=IGNORE)
 
