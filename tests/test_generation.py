@@ -258,6 +258,37 @@ def test_a_prefix_started_from_tokens_reads_the_title_as_the_model_does_after_th
     assert not torch.allclose(unlike, after, atol=1e-2)  # peft's random start is not that
 
 
+def test_a_prefix_longer_than_a_sliding_window_cannot_start_from_tokens(tmp_path, monkeypatch):
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from peft_tags import methods
+    from peft_tags.model import apply_method, build_token_classifier
+
+    cfg = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        num_key_value_heads=1, head_dim=16, max_position_embeddings=64, sliding_window=4)
+    torch.manual_seed(0)
+    MistralForCausalLM(cfg).save_pretrained(tmp_path / "m")
+    cls = methods.get("prefix").options_cls
+    # GQA (one key/value head of two, head_dim apart from hidden / heads), a prefix inside the window:
+    # it starts from the drawn tokens' keys and values
+    drawn, randint = [], torch.randint
+    monkeypatch.setattr(torch, "randint", lambda *a, **k: drawn.append(randint(*a, **k)) or drawn[-1])
+    model = apply_method(build_token_classifier(str(tmp_path / "m"), 0, 0, kind="causal"), "prefix",
+                         cls(num_virtual_tokens=3, init="vocab"), kind="causal").eval()
+    monkeypatch.undo()
+    assert model.prompt_encoder["default"].embedding.weight.shape == (3, 2 * 2 * 16)
+    title = torch.tensor([[5, 9, 11]])
+    with torch.no_grad():
+        prefixed = model(input_ids=title, attention_mask=torch.ones_like(title)).logits
+        after = MistralForCausalLM.from_pretrained(tmp_path / "m").eval()(
+            input_ids=torch.cat([torch.tensor([drawn[0].tolist()]), title], 1)).logits[:, 3:]
+    torch.testing.assert_close(prefixed, after, rtol=1e-4, atol=1e-4)
+    with pytest.raises(UserError, match="method.init: this backbone's cache does not keep 6 keys and values"):
+        apply_method(build_token_classifier(str(tmp_path / "m"), 0, 0, kind="causal"), "prefix",
+                     cls(num_virtual_tokens=6, init="vocab"), kind="causal")
+
+
 def test_prefix_init_options_are_checked_in_one_line(tmp_path, tiny_causal_lm, tiny_backbone, toy_data):
     from peft_tags import methods
     from peft_tags.model import apply_method, build_token_classifier

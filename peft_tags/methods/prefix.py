@@ -204,8 +204,14 @@ def init_from_tokens(peft_model, ids: list[int]) -> None:
         base.train(was_training)
     cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
     layers = [(layer.keys, layer.values) for layer in cache.layers]
-    if len(layers) != config.num_layers:
-        raise ValueError(f"the model's cache has {len(layers)} layers, the prefix {config.num_layers}")
+    shape = (1, config.num_attention_heads, len(ids), config.token_dim // config.num_attention_heads)
+    if len(layers) != config.num_layers or any(k is None or v is None or tuple(k.shape) != shape
+                                               or tuple(v.shape) != shape for k, v in layers):
+        # layers that share or window their keys and values, or differ in size (Gemma 3n, 4), or
+        # a prefix longer than a sliding window: the cache does not hold the prefix of every layer
+        raise UserError(f"method.init: this backbone's cache does not keep {len(ids)} keys and values of one size at "
+                        f"each of its {config.num_layers} layers, so the prefix cannot start from real tokens; "
+                        "use init: random")
     # peft reads the embedding [n, layers x 2 x kv_heads x head_dim] as past key values: view it as
     # [n, layers x 2, kv_heads, head_dim] and move the token axis to the front of each head's part
     states = torch.stack([torch.stack([k[0], v[0]]) for k, v in layers])  # [layers, 2, kv_heads, n, head_dim]
