@@ -52,17 +52,14 @@ class StepLoss:
         base = self.unwrapped.get_base_model() if hasattr(self.unwrapped, "get_base_model") else self.unwrapped
         self.accepted = set(inspect.signature(base.forward).parameters)
 
-    def _options(self, batch: dict) -> dict:
-        return {k: v for k, v in self.task.forward_options(batch).items() if k in self.accepted}
 
     def close(self) -> None:
         if self.hook is not None:
             self.hook.remove()
             self.hook = None
 
-    def _forward(self, batch: dict):
+    def _forward(self, batch: dict, options: dict):
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        options = self._options(batch)
         if not self.alpha:
             return self.task.loss(self.model(input_ids=ids, attention_mask=mask, **options).logits, batch)
         logits = self.model(input_ids=torch.cat([ids, ids]), attention_mask=torch.cat([mask, mask]), **options).logits
@@ -73,7 +70,8 @@ class StepLoss:
         acc, hook = self.acc, self.hook
         if hook is not None:
             hook.mode = "capture"
-        loss = self._forward(batch)
+        options = {k: v for k, v in self.task.forward_options(batch).items() if k in self.accepted}
+        loss = self._forward(batch, options)
         if self.regularizer is not None:
             extra = self.regularizer(self.unwrapped)
             loss = loss if extra is None else loss + extra
@@ -94,7 +92,7 @@ class StepLoss:
         hook.mode, hook.delta = "attack", None
         try:
             adversarial = self.task.loss(self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                                    **self._options(batch)).logits, batch)
+                                                    **options).logits, batch)
         finally:
             hook.mode, hook.r = None, None
         acc.backward(adversarial)

@@ -64,7 +64,6 @@ class TrainRun:
             self.finished = True
             return
         backbone, tokenizer, self.data = pre.backbone, pre.tokenizer, pre.data
-        self.tokenizer = tokenizer
         if main:
             self._prepare_work_dir()
         precision, why = choose_precision(t.mixed_precision)
@@ -80,7 +79,7 @@ class TrainRun:
         set_seed(t.seed)
 
         self._prepare_data(tokenizer)
-        self._prepare_training(backbone, tokenizer.pad_token_id)
+        self._prepare_training(backbone, tokenizer)
         if t.resume and pre.checkpoint is not None:
             self._restore()
 
@@ -90,11 +89,11 @@ class TrainRun:
         self.encoded = {k: self.task.encode(v) for k, v in self.data.items()}
         self.task.describe(self.data, self.encoded)
 
-    def _prepare_training(self, backbone: str, pad_id: int) -> None:
+    def _prepare_training(self, backbone: str, tokenizer) -> None:
         """Model with its method, the one ``prepare`` call, the schedule and the loop state."""
         from transformers import get_scheduler
 
-        r, t = self.recipe, self.recipe.training
+        r, t, pad_id = self.recipe, self.recipe.training, tokenizer.pad_token_id
         b = r.backbone
         kind = self.task.model_kind
         model = build_token_classifier(backbone, self.task.num_outputs, t.seed, b.quantization, b.double_quantization,
@@ -107,7 +106,7 @@ class TrainRun:
         self.steps_per_epoch = preflight.steps_per_epoch(r, len(lengths), self.acc.num_processes)
         self.total_steps = self.steps_per_epoch * t.epochs
         model = apply_method(model, r.method.name, r.method.options, total_steps=self.total_steps, kind=kind,
-                             tokenizer=self.tokenizer)
+                             tokenizer=tokenizer)
         check_max_length(model, r.backbone.max_length)
         self.params = parameter_counts(model)
         p = self.params

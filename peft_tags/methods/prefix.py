@@ -216,8 +216,5 @@ def init_from_tokens(peft_model, ids: list[int]) -> None:
     # [n, layers x 2, kv_heads, head_dim] and move the token axis to the front of each head's part
     states = torch.stack([torch.stack([k[0], v[0]]) for k, v in layers])  # [layers, 2, kv_heads, n, head_dim]
     weight = states.permute(3, 0, 1, 2, 4).reshape(len(ids), -1)
-    if weight.shape != embedding.weight.shape:
-        raise ValueError(f"keys and values of shape {tuple(weight.shape)} do not fit the prefix "
-                         f"{tuple(embedding.weight.shape)}")
     with torch.no_grad():
         embedding.weight.copy_(weight.to(embedding.weight.dtype))
