@@ -52,7 +52,6 @@ class StepLoss:
         base = self.unwrapped.get_base_model() if hasattr(self.unwrapped, "get_base_model") else self.unwrapped
         self.accepted = set(inspect.signature(base.forward).parameters)
 
-
     def close(self) -> None:
         if self.hook is not None:
             self.hook.remove()
